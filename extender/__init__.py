@@ -1,0 +1,1 @@
+"""gpu-extender: everything with I/O around the pure `scoring` package."""

@@ -1,0 +1,131 @@
+"""The `gpu-extender` command."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import orjson
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from extender import convert, dcgm, snapshot
+from extender.annotations import plan_to_dict
+from extender.cluster import ClusterView
+from scoring import config as policy_config
+from scoring import policy
+from scoring.model import SIGNALS, GpuNode, Plan, PodRequest, ScoreBreakdown
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="GPU placement for kube-scheduler.")
+
+
+class Output(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def bundled_examples() -> Path:
+    """The example cluster shipped with the package (or beside it in a source checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "examples", here.parent / "examples"):
+        if (candidate / "cluster.yaml").is_file():
+            return candidate
+    raise snapshot.FileError("the bundled example cluster is missing from this installation")
+
+
+def fail(message: str) -> typer.Exit:
+    print(f"gpu-extender: error: {message}", file=sys.stderr)
+    return typer.Exit(2)
+
+
+@app.callback()
+def main() -> None:
+    """GPU placement for kube-scheduler: MIG, NVLink, model cache and live utilization."""
+
+
+@app.command()
+def score(
+    pod: Annotated[Path, typer.Option(help="Pod manifest (YAML or JSON).")],
+    cluster: Annotated[
+        Optional[Path], typer.Option(help="`kubectl get nodes,pods -A -o yaml` output; default: the bundled example.")
+    ] = None,
+    metrics: Annotated[
+        Optional[list[Path]], typer.Option(help="dcgm-exporter text dump; repeatable.")
+    ] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Policy config (YAML).")] = None,
+    output: Annotated[Output, typer.Option(help="table or json.")] = Output.table,
+) -> None:
+    """Dry run: how every node scores for POD, and why."""
+    try:
+        cfg = policy_config.parse(snapshot.read_document(config)) if config else policy_config.PolicyConfig()
+        try:
+            request = convert.pod_request(snapshot.read_document(pod), cfg)
+        except convert.BadObject as exc:
+            raise convert.BadObject(f"{pod}: {exc}") from None
+        if cluster is None:
+            examples = bundled_examples()
+            cluster = examples / "cluster.yaml"
+            metrics = metrics or sorted((examples / "metrics").glob("*.prom"))
+        view = ClusterView.from_snapshot(cluster, metrics or [], cfg)
+    except policy_config.ConfigError as exc:
+        raise fail(f"{config}: {exc}") from None
+    except (snapshot.FileError, convert.BadObject, dcgm.MetricsError) as exc:
+        raise fail(str(exc)) from None
+    decisions = policy.evaluate(view.nodes, request, view.samples, view.as_of, cfg)
+    nodes = {node.name: node for node in view.nodes}
+    if output is Output.json:
+        sys.stdout.write(orjson.dumps(report(request, decisions, nodes), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+    else:
+        _render(Console(), request, decisions)
+
+
+def report(request: PodRequest, decisions: list[ScoreBreakdown], nodes: dict[str, GpuNode]) -> dict[str, Any]:
+    """The dry run's JSON document."""
+    return {
+        "pod": request.key,
+        "class": request.workload_class.value,
+        "nodes": [
+            {
+                "node": d.node,
+                "feasible": d.feasible,
+                "score": d.score,
+                "signals": {name: round(_signal(d, name), 4) for name in SIGNALS},
+                "plan": plan_to_dict(d.plan, nodes[d.node]) if d.feasible else {},
+                "reason": d.reason,
+            }
+            for d in decisions
+        ],
+    }
+
+
+def _signal(decision: ScoreBreakdown, name: str) -> float:
+    result = decision.signals.get(name)
+    return result.score if result is not None else 0.0
+
+
+def _render(console: Console, request: PodRequest, decisions: list[ScoreBreakdown]) -> None:
+    table = Table(title=f"{request.key} ({request.workload_class.value})", title_justify="left")
+    for column in ("node", "fit", "score", *SIGNALS, "plan"):
+        table.add_column(column, justify="right" if column == "score" else "left", no_wrap=column == "node")
+    for d in decisions:
+        cells = []
+        for name in SIGNALS:
+            result = d.signals.get(name)
+            cells.append("-" if result is None or not result.applicable else f"{result.score:.2f}")
+        plan = _plan_text(d.plan) if d.feasible else ""
+        table.add_row(d.node, "yes" if d.feasible else "no", str(d.score), *cells, plan)
+    console.print(table)
+    console.print("why:")
+    for d in decisions:
+        console.print(f"  [bold]{escape(d.node)}[/bold]: {escape(d.reason)}", highlight=False)
+
+
+def _plan_text(plan: Plan) -> str:
+    parts = [f"GPU {','.join(map(str, plan.gpus))}"] if plan.gpus else []
+    parts += [f"{s.profile} GPU {s.gpu}/{s.start}" for s in plan.mig]
+    return " ".join(parts) or "any"

@@ -1,0 +1,300 @@
+"""Kubernetes objects (as plain dicts, the way the API serves them) -> the scoring model.
+
+The only place that knows where things live in a Node or Pod. Snapshot files and, later, the
+live watch feed it the same dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
+
+from extender import annotations as ann
+from scoring import policy
+from scoring.config import PolicyConfig
+from scoring.model import (
+    GPU_RESOURCE,
+    Gpu,
+    GpuNode,
+    MigInstance,
+    MigSlot,
+    MigStrategy,
+    Plan,
+    PodRequest,
+    Usage,
+    mig_profile,
+    mig_resource,
+)
+
+GFD_PRODUCT = "nvidia.com/gpu.product"
+GFD_COUNT = "nvidia.com/gpu.count"
+GFD_MIG_STRATEGY = "nvidia.com/mig.strategy"
+FINISHED_PHASES = ("Succeeded", "Failed")
+Matrix = tuple[tuple[int, ...], ...]
+
+
+class BadObject(ValueError):
+    """A Kubernetes object that cannot be used; the message says which and why."""
+
+
+def name_of(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    namespace = meta.get("namespace")
+    return f"{namespace}/{meta.get('name')}" if namespace else str(meta.get("name"))
+
+
+def gpu_resources(pod: Mapping[str, Any]) -> dict[str, int]:
+    """The pod's effective GPU requests (`nvidia.com/gpu`, `nvidia.com/mig-*`), by resource.
+
+    As the scheduler counts them: max(sum over containers, max over init containers), requests
+    defaulting to limits (the API server does that for extended resources).
+    """
+    spec = pod.get("spec") or {}
+    total: Counter[str] = Counter()
+    for container in spec.get("containers") or []:
+        total.update(_container_gpus(container, pod))
+    for container in spec.get("initContainers") or []:
+        for resource, n in _container_gpus(container, pod).items():
+            total[resource] = max(total[resource], n)
+    return {r: n for r, n in total.items() if n > 0}
+
+
+def _container_gpus(container: Mapping[str, Any], pod: Mapping[str, Any]) -> dict[str, int]:
+    resources = container.get("resources") or {}
+    merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+    out = {}
+    for resource, quantity in merged.items():
+        if resource == GPU_RESOURCE or mig_profile(resource) is not None:
+            try:
+                value = parse_quantity(quantity)
+            except ValueError as exc:
+                raise BadObject(f"pod {name_of(pod)}: {resource}={quantity!r} is not a quantity") from exc
+            if value != int(value) or value < 0:
+                raise BadObject(f"pod {name_of(pod)}: {resource}={quantity!r} must be a whole number")
+            out[resource] = int(value)
+    return out
+
+
+def pod_request(pod: Mapping[str, Any], config: PolicyConfig) -> PodRequest:
+    """The GPU request of a pod; raises BadObject when it asks for no GPU or is malformed."""
+    if not isinstance(pod, Mapping) or pod.get("kind", "Pod") != "Pod":
+        kind = pod.get("kind") if isinstance(pod, Mapping) else type(pod).__name__
+        raise BadObject(f"expected a Pod, got {kind}")
+    meta = pod.get("metadata") or {}
+    if not meta.get("name"):
+        raise BadObject("pod has no metadata.name")
+    resources = gpu_resources(pod)
+    if not resources:
+        raise BadObject(f"pod {name_of(pod)} requests no nvidia.com/gpu or nvidia.com/mig-* resource")
+    notes = meta.get("annotations") or {}
+    spec = pod.get("spec") or {}
+    try:
+        workload_class = policy.classify(
+            notes.get(ann.CLASS), spec.get("priority"), spec.get("priorityClassName"), config
+        )
+    except ValueError as exc:
+        raise BadObject(f"pod {name_of(pod)}: {ann.CLASS}: {exc}") from None
+    locality_mode = notes.get(ann.MODEL_LOCALITY, "preferred")
+    if locality_mode not in ("preferred", "required"):
+        raise BadObject(f"pod {name_of(pod)}: {ann.MODEL_LOCALITY} must be preferred or required")
+    return PodRequest(
+        namespace=meta.get("namespace") or "default",
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        workload_class=workload_class,
+        gpus=resources.get(GPU_RESOURCE, 0),
+        mig={mig_profile(r): n for r, n in resources.items() if r != GPU_RESOURCE},
+        model=notes.get(ann.MODEL) or None,
+        model_size=_model_size(pod, notes.get(ann.MODEL_SIZE)),
+        model_required=locality_mode == "required",
+        priority=int(spec.get("priority") or 0),
+    )
+
+
+def _model_size(pod: Mapping[str, Any], value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        size = int(parse_quantity(value))
+    except ValueError:
+        raise BadObject(f"pod {name_of(pod)}: {ann.MODEL_SIZE}={value!r} is not a quantity") from None
+    return size if size > 0 else None
+
+
+def holds_resources(pod: Mapping[str, Any]) -> bool:
+    """Bound and not finished: the pod's devices are taken."""
+    return bool((pod.get("spec") or {}).get("nodeName")) and (
+        (pod.get("status") or {}).get("phase") not in FINISHED_PHASES
+    )
+
+
+def heartbeat(node: Mapping[str, Any]) -> float | None:
+    """The agent's last heartbeat (seconds since the epoch), or None."""
+    value = ((node.get("metadata") or {}).get("annotations") or {}).get(ann.HEARTBEAT)
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def gpu_node(
+    node: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], as_of: float, config: PolicyConfig
+) -> GpuNode:
+    """A node and the pods bound to it, as the scorer sees them at time `as_of`."""
+    meta = node.get("metadata") or {}
+    name = meta.get("name") or ""
+    labels = meta.get("labels") or {}
+    notes_in = meta.get("annotations") or {}
+    allocatable = {}
+    for resource, quantity in ((node.get("status") or {}).get("allocatable") or {}).items():
+        if resource == GPU_RESOURCE or mig_profile(resource) is not None:
+            try:
+                allocatable[resource] = int(parse_quantity(quantity))
+            except ValueError:
+                continue
+    product = labels.get(GFD_PRODUCT, "")
+    base_product, _, single_profile = product.partition("-MIG-")
+    try:
+        strategy = MigStrategy(labels.get(GFD_MIG_STRATEGY, "none"))
+    except ValueError:
+        strategy = MigStrategy.NONE
+    notes: list[str] = []
+    agent = _agent_data(notes_in, as_of, config, notes)
+    gpus, nvlink, pcie, layout, cache = agent
+    if strategy is MigStrategy.SINGLE and not single_profile and layout:
+        single_profile = layout[0].profile
+    try:
+        gpu_count = int(labels.get(GFD_COUNT, "0"))
+    except ValueError:
+        gpu_count = 0
+    node_model = GpuNode(
+        name=name,
+        allocatable=allocatable,
+        product=base_product,
+        mig_strategy=strategy,
+        single_mig_profile=single_profile or None,
+        gpu_count=gpu_count,
+        gpus=gpus,
+        nvlink=nvlink,
+        pcie=pcie,
+        mig_layout=layout,
+        model_cache=cache,
+        labels=dict(labels),
+        notes=tuple(notes),
+    )
+    return _with_usage(node_model, pods)
+
+
+_Agent = tuple[
+    tuple[Gpu, ...], Matrix | None, Matrix | None, tuple[MigInstance, ...] | None, dict[str, int]
+]
+
+
+def _agent_data(notes_in: Mapping[str, str], as_of: float, config: PolicyConfig, notes: list[str]) -> _Agent:
+    """What the node agent published, if fresh; degradations are appended to `notes`."""
+    beat = heartbeat({"metadata": {"annotations": notes_in}})
+    empty: _Agent = ((), None, None, None, {})
+    if beat is None:
+        notes.append("no agent heartbeat: using allocatable only")
+        return empty
+    age = as_of - beat
+    if age > config.agent.max_age_seconds:
+        notes.append(f"agent data {age:.0f}s old: using allocatable only")
+        return empty
+    gpus, nvlink, pcie = (), None, None
+    layout = None
+    cache: dict[str, int] = {}
+    if ann.TOPOLOGY in notes_in:
+        try:
+            gpus, nvlink, pcie = _topology(json.loads(notes_in[ann.TOPOLOGY]))
+        except (ValueError, TypeError, KeyError) as exc:
+            notes.append(f"{ann.TOPOLOGY} unreadable ({exc}): ignored")
+    if ann.MIG_LAYOUT in notes_in:
+        try:
+            layout = tuple(
+                MigInstance(int(i["gpu"]), str(i["profile"]), int(i["start"]), int(i["size"]))
+                for i in json.loads(notes_in[ann.MIG_LAYOUT])
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            notes.append(f"{ann.MIG_LAYOUT} unreadable ({exc}): ignored")
+    if ann.MODEL_CACHE in notes_in:
+        try:
+            raw = json.loads(notes_in[ann.MODEL_CACHE])
+            cache = {str(model): int(size) for model, size in raw.items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            notes.append(f"{ann.MODEL_CACHE} unreadable ({exc}): ignored")
+    return gpus, nvlink, pcie, layout, cache
+
+
+def _topology(data: Mapping[str, Any]) -> tuple[tuple[Gpu, ...], Matrix, Matrix]:
+    gpus = tuple(
+        Gpu(
+            index=int(g["index"]),
+            uuid=str(g["uuid"]),
+            model=str(g.get("model", "")),
+            memory_mib=int(g.get("memoryMiB", 0)),
+            mig_enabled=bool(g.get("migEnabled", False)),
+        )
+        for g in data["gpus"]
+    )
+    if sorted(g.index for g in gpus) != list(range(len(gpus))):
+        raise ValueError("GPU indices must be 0..n-1")
+    matrices = []
+    for key in ("nvlink", "pcie"):
+        matrix = tuple(tuple(int(v) for v in row) for row in data[key])
+        if len(matrix) != len(gpus) or any(len(row) != len(gpus) for row in matrix):
+            raise ValueError(f"{key} must be a {len(gpus)}x{len(gpus)} matrix")
+        matrices.append(matrix)
+    return gpus, matrices[0], matrices[1]
+
+
+def _with_usage(node: GpuNode, pods: Iterable[Mapping[str, Any]]) -> GpuNode:
+    held_gpus: set[int] = set()
+    held_mig: set[MigSlot] = set()
+    unplanned: Counter[str] = Counter()
+    notes = list(node.notes)
+    single = node.mig_strategy is MigStrategy.SINGLE
+    for pod in pods:
+        if not holds_resources(pod):
+            continue
+        try:
+            resources = gpu_resources(pod)
+        except BadObject as exc:
+            notes.append(f"{exc}: not counted")
+            continue
+        if not resources:
+            continue
+        plan = _plan_of(pod, node.name, notes)
+        planned: Counter[str] = Counter()
+        if plan is not None:
+            held_gpus.update(plan.gpus)
+            held_mig.update(plan.mig)
+            planned[GPU_RESOURCE] += len(plan.gpus)
+            for slot in plan.mig:
+                is_single = single and slot.profile == node.single_mig_profile
+                planned[GPU_RESOURCE if is_single else mig_resource(slot.profile)] += 1
+        for resource, n in resources.items():
+            if n > planned[resource]:
+                unplanned[resource] += n - planned[resource]
+    usage = Usage(frozenset(held_gpus), frozenset(held_mig), dict(unplanned))
+    return replace(node, usage=usage, notes=tuple(notes))
+
+
+def _plan_of(pod: Mapping[str, Any], node_name: str, notes: list[str]) -> Plan | None:
+    value = ((pod.get("metadata") or {}).get("annotations") or {}).get(ann.PLAN)
+    if not value:
+        return None
+    try:
+        planned_node, plan = ann.plan_from_dict(json.loads(value))
+    except ValueError as exc:
+        notes.append(f"pod {name_of(pod)}: {ann.PLAN} unreadable ({exc}): counted without a plan")
+        return None
+    return plan if planned_node == node_name else None

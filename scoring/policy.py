@@ -1,0 +1,200 @@
+"""Policy: the workload class of a pod, and the signals combined into one decision per node.
+
+Class: the pod's class annotation if set; else `latency-critical` when its priority is at least
+`classification.priorityThreshold` (or, with no priority resolved, when its PriorityClass is one of
+`classification.latencyCriticalPriorityClasses`); else `batch`.
+
+Per node, with w the class's weights and A the signals that apply to the pod:
+
+    allocation = GPU capacity held after placing the pod / node GPU capacity
+    alloc_term = 1 - allocation  (latency-critical: spread)   |   allocation  (batch: pack)
+    total      = (sum_{s in A} w_s * score_s + w_alloc * alloc_term) / (sum_{s in A} w_s + w_alloc)
+
+GPU capacity is counted in GPUs; a MIG instance counts as its share of memory slices (1g.10gb on
+an H100 = 1/8). A node is feasible when every signal is; batch pods are also rejected on nodes
+matching `headroom.nodeSelector` when they would leave less than `headroom.fraction` of the node's
+capacity free: that headroom is kept for latency-critical pods.
+
+The scheduler's integer: infeasible nodes get 0; feasible ones 1..10 by min-max scaling of
+`total` over the feasible nodes (all 10 when they are equal), so the best node always gets 10.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+
+from scoring import locality, mig, topology, utilization
+from scoring.config import PolicyConfig
+from scoring.mig_catalog import COMPUTE_SLICES, MEMORY_SLICES, profiles_for
+from scoring.model import (
+    GPU_RESOURCE,
+    GpuNode,
+    GpuSample,
+    MigStrategy,
+    Plan,
+    PodRequest,
+    ScoreBreakdown,
+    SignalResult,
+    WorkloadClass,
+    mig_profile,
+)
+
+
+def classify(
+    class_annotation: str | None, priority: int | None, priority_class: str | None, config: PolicyConfig
+) -> WorkloadClass:
+    """Workload class; raises ValueError for an annotation that names no class."""
+    if class_annotation:
+        try:
+            return WorkloadClass(class_annotation)
+        except ValueError:
+            choices = ", ".join(c.value for c in WorkloadClass)
+            raise ValueError(f"class {class_annotation!r} is not one of: {choices}") from None
+    if priority is not None:
+        if priority >= config.classify.priority_threshold:
+            return WorkloadClass.LATENCY_CRITICAL
+        return WorkloadClass.BATCH
+    if priority_class in config.classify.latency_critical_priority_classes:
+        return WorkloadClass.LATENCY_CRITICAL
+    return WorkloadClass.BATCH
+
+
+def evaluate(
+    nodes: Sequence[GpuNode],
+    request: PodRequest,
+    samples: Mapping[str, GpuSample],
+    now: float,
+    config: PolicyConfig,
+) -> list[ScoreBreakdown]:
+    """Every node's decision for the pod, best first (feasible first, then by score)."""
+    spread = locality.model_spread(nodes, request.model or "", request.model_size)
+    decisions = [score_node(node, request, spread, samples, now, config) for node in nodes]
+    return rank(decisions)
+
+
+def score_node(
+    node: GpuNode,
+    request: PodRequest,
+    spread: locality.ModelSpread,
+    samples: Mapping[str, GpuSample],
+    now: float,
+    config: PolicyConfig,
+) -> ScoreBreakdown:
+    if not node.allocatable and not node.gpus:
+        return _rejected(node, {}, "node has no NVIDIA GPUs", unresolvable=True)
+    signals: dict[str, SignalResult] = {
+        "mig": mig.evaluate(node, request),
+        "topology": topology.evaluate(node, request),
+        "locality": locality.evaluate(node, request, spread, config.locality),
+    }
+    plan = signals["mig"].plan.merged(signals["topology"].plan)
+    signals["utilization"] = utilization.evaluate(node, plan, samples, now, config.utilization)
+    failed = [s for s in signals.values() if not s.feasible]
+    if failed:
+        reason = "; ".join(s.reason for s in failed)
+        return _rejected(node, signals, reason, unresolvable=any(s.unresolvable for s in failed))
+
+    capacity = capacity_units(node)
+    held = held_units(node)
+    wanted = request_units(node, request)
+    if request.workload_class is WorkloadClass.BATCH and _matches(node, config.headroom.node_selector):
+        reserved = config.headroom.fraction * capacity
+        if capacity - held - wanted < reserved - 1e-9:
+            reason = (
+                f"batch pod would leave {max(capacity - held - wanted, 0):g} of {capacity:g} GPUs free; "
+                f"{reserved:g} reserved for latency-critical pods"
+            )
+            return _rejected(node, signals, reason, unresolvable=wanted > capacity - reserved + 1e-9)
+
+    allocation = min(1.0, (held + wanted) / capacity) if capacity else 1.0
+    weights = config.weights[request.workload_class]
+    if request.workload_class is WorkloadClass.LATENCY_CRITICAL:
+        alloc_term, alloc_reason = 1.0 - allocation, f"{allocation:.0%} allocated after (spread)"
+    else:
+        alloc_term, alloc_reason = allocation, f"{allocation:.0%} allocated after (pack)"
+    num = weights.allocation * alloc_term
+    den = weights.allocation
+    for name, result in signals.items():
+        if result.applicable:
+            num += getattr(weights, name) * result.score
+            den += getattr(weights, name)
+    total = num / den if den else 0.0
+    reasons = [f"{name}: {s.reason}" for name, s in signals.items() if s.applicable]
+    reasons.append(alloc_reason)
+    return ScoreBreakdown(node.name, True, False, total, signals, plan, "; ".join(reasons))
+
+
+def rank(decisions: Iterable[ScoreBreakdown]) -> list[ScoreBreakdown]:
+    """Assign the scheduler's 0..10 integers and sort best first."""
+    decisions = list(decisions)
+    totals = [round(d.total, 6) for d in decisions if d.feasible]
+    low, high = (min(totals), max(totals)) if totals else (0.0, 0.0)
+
+    def integer(d: ScoreBreakdown) -> int:
+        if not d.feasible:
+            return 0
+        if high <= low:
+            return 10
+        return 1 + round(9 * (round(d.total, 6) - low) / (high - low))
+
+    scored = [replace(d, score=integer(d)) for d in decisions]
+    return sorted(scored, key=lambda d: (not d.feasible, -d.score, -d.total, d.node))
+
+
+def capacity_units(node: GpuNode) -> float:
+    """The node's GPU capacity in GPUs."""
+    if node.gpu_count:
+        return float(node.gpu_count)
+    if node.gpus:
+        return float(len(node.gpus))
+    whole = 0 if node.mig_strategy is MigStrategy.SINGLE else node.allocatable.get(GPU_RESOURCE, 0)
+    return whole + sum(
+        count * _mig_units(node, profile) for profile, count in _by_profile(node, node.allocatable).items()
+    )
+
+
+def held_units(node: GpuNode) -> float:
+    usage = node.usage
+    units = sum(_mig_units(node, slot.profile) for slot in usage.mig)
+    units += sum(count * _mig_units(node, p) for p, count in _by_profile(node, node.usage.unplanned).items())
+    if node.mig_strategy is not MigStrategy.SINGLE:
+        units += len(usage.gpus) + usage.unplanned.get(GPU_RESOURCE, 0)
+    return units
+
+
+def request_units(node: GpuNode, request: PodRequest) -> float:
+    wants = mig.wanted(node, request)
+    return topology.whole_gpus(node, request) + sum(
+        count * _mig_units(node, profile) for profile, count in wants.items()
+    )
+
+
+def _mig_units(node: GpuNode, profile: str) -> float:
+    catalog = profiles_for(node.product) or {}
+    if profile in catalog:
+        return catalog[profile].mem_slices / MEMORY_SLICES
+    compute = profile.split("g.", 1)[0]
+    return int(compute) / COMPUTE_SLICES if compute.isdigit() else 1 / COMPUTE_SLICES
+
+
+def _by_profile(node: GpuNode, resources: Mapping[str, int]) -> dict[str, int]:
+    """Counts of MIG resources (allocatable or held) keyed by profile."""
+    counts = {}
+    for resource, n in resources.items():
+        profile = mig_profile(resource)
+        if profile is not None:
+            counts[profile] = n
+    if node.mig_strategy is MigStrategy.SINGLE:
+        counts[node.single_mig_profile or ""] = resources.get(GPU_RESOURCE, 0)
+    return counts
+
+
+def _matches(node: GpuNode, selector: Mapping[str, str]) -> bool:
+    return bool(selector) and all(node.labels.get(k) == v for k, v in selector.items())
+
+
+def _rejected(
+    node: GpuNode, signals: Mapping[str, SignalResult], reason: str, *, unresolvable: bool
+) -> ScoreBreakdown:
+    return ScoreBreakdown(node.name, False, unresolvable, 0.0, dict(signals), Plan(), reason)
