@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from scoring.mig_catalog import COMPUTE_SLICES
+from scoring.mig_catalog import COMPUTE_SLICES, compute_slices
 from scoring.model import GpuSample
 
 GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
@@ -46,7 +46,7 @@ def parse(text: str, default_time: float) -> dict[str, GpuSample]:
                 times[uuid] = max(times.get(uuid, 0.0), sample.timestamp or default_time)
                 profile = labels.get("GPU_I_PROFILE")
                 if sample.name == GR_ENGINE_ACTIVE and profile:
-                    engine[uuid] += sample.value * _compute_share(profile)
+                    engine[uuid] += sample.value * compute_slices(profile) / COMPUTE_SLICES
                 elif sample.name == GR_ENGINE_ACTIVE:
                     engine[uuid] = max(engine[uuid], sample.value)
                 else:
@@ -78,7 +78,3 @@ def load_dump(path: Path) -> dict[str, GpuSample]:
     except MetricsError as exc:
         raise MetricsError(f"metrics file {path}: {exc}") from None
 
-
-def _compute_share(profile: str) -> float:
-    head = profile.split("g.", 1)[0]
-    return int(head) / COMPUTE_SLICES if head.isdigit() else 1.0 / COMPUTE_SLICES

@@ -78,6 +78,12 @@ def catalog_key(product: str) -> str | None:
     return None
 
 
+def compute_slices(profile: str) -> int:
+    """Compute slices a profile name states (`3g.40gb` -> 3); 1 when the name does not say."""
+    head = profile.split("g.", 1)[0]
+    return int(head) if head.isdigit() else 1
+
+
 def profiles_for(product: str) -> dict[str, Profile] | None:
     """The MIG profiles of a GPU product by name, or None when the product is not known."""
     key = catalog_key(product)

@@ -26,7 +26,7 @@ from dataclasses import replace
 
 from scoring import locality, mig, topology, utilization
 from scoring.config import PolicyConfig
-from scoring.mig_catalog import COMPUTE_SLICES, MEMORY_SLICES, profiles_for
+from scoring.mig_catalog import COMPUTE_SLICES, MEMORY_SLICES, compute_slices, profiles_for
 from scoring.model import (
     GPU_RESOURCE,
     GpuNode,
@@ -174,8 +174,7 @@ def _mig_units(node: GpuNode, profile: str) -> float:
     catalog = profiles_for(node.product) or {}
     if profile in catalog:
         return catalog[profile].mem_slices / MEMORY_SLICES
-    compute = profile.split("g.", 1)[0]
-    return int(compute) / COMPUTE_SLICES if compute.isdigit() else 1 / COMPUTE_SLICES
+    return compute_slices(profile) / COMPUTE_SLICES
 
 
 def _by_profile(node: GpuNode, resources: Mapping[str, int]) -> dict[str, int]:

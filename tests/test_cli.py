@@ -1,0 +1,121 @@
+"""The `gpu-extender score` dry run, through its real entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from extender.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+TP4 = str(EXAMPLES / "pods" / "llama70b-tp4-latency-critical.yaml")
+runner = CliRunner()
+
+
+def score(*args: str):
+    return runner.invoke(app, ["score", *args])
+
+
+def test_json_output_shape_and_order():
+    result = score("--pod", TP4, "--output", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert set(doc) == {"pod", "class", "nodes"}
+    assert doc["pod"] == "inference/llama70b-chat-0" and doc["class"] == "latency-critical"
+    for node in doc["nodes"]:
+        assert set(node) == {"node", "feasible", "score", "signals", "plan", "reason"}
+        assert isinstance(node["score"], int) and 0 <= node["score"] <= 10
+        assert set(node["signals"]) == {"mig", "topology", "locality", "utilization"}
+        assert all(isinstance(v, float) for v in node["signals"].values())
+        assert isinstance(node["reason"], str) and node["reason"]
+    keys = [(not n["feasible"], -n["score"]) for n in doc["nodes"]]
+    assert keys == sorted(keys)
+    best = doc["nodes"][0]
+    assert best["plan"]["gpus"] == [4, 5, 6, 7] and len(best["plan"]["uuids"]) == 4
+
+
+def test_table_output_lists_every_node_with_reasons():
+    result = score("--pod", TP4)
+    assert result.exit_code == 0, result.output
+    nodes = yaml.safe_load((EXAMPLES / "cluster.yaml").read_text())["items"]
+    for item in nodes:
+        if item["kind"] == "Node":
+            assert item["metadata"]["name"] in result.stdout
+    assert "why:" in result.stdout and "NVLink" in result.stdout
+
+
+def test_explicit_cluster_json_snapshot_and_metrics(tmp_path: Path):
+    snapshot = tmp_path / "cluster.json"
+    snapshot.write_text(json.dumps(yaml.safe_load((EXAMPLES / "cluster.yaml").read_text())))
+    hot = EXAMPLES / "metrics" / "h100-inf-03.prom"
+    cool = EXAMPLES / "metrics" / "h100-inf-02.prom"
+    result = score("--pod", TP4, "--cluster", str(snapshot), "--metrics", str(hot), "--metrics", str(cool),
+                   "--output", "json")
+    assert result.exit_code == 0, result.output
+    nodes = {n["node"]: n for n in json.loads(result.stdout)["nodes"]}
+    assert nodes["h100-inf-03"]["signals"]["utilization"] < nodes["h100-inf-02"]["signals"]["utilization"]
+    assert nodes["h100-train-01"]["signals"]["utilization"] == 0.5  # no dump given for it
+
+
+def test_config_changes_weights(tmp_path: Path):
+    config = tmp_path / "config.yaml"
+    config.write_text("weights:\n  latencyCritical: {locality: 0, utilization: 0, allocation: 0}\n")
+    result = score("--pod", TP4, "--config", str(config), "--output", "json")
+    assert result.exit_code == 0, result.output
+    nodes = {n["node"]: n for n in json.loads(result.stdout)["nodes"]}
+    # Only topology and MIG count now: the cached node no longer beats the uncached twin.
+    assert nodes["h100-inf-01"]["score"] == nodes["h100-inf-02"]["score"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: ["--pod", str(d / "missing.yaml")], "cannot read"),
+        (lambda d: ["--pod", str(_write(d / "bad.yaml", "kind: Pod\nmetadata: [\n"))], "not valid YAML"),
+        (lambda d: ["--pod", str(_write(d / "cpu.yaml", _pod({"cpu": "1"})))], "requests no nvidia.com/gpu"),
+        (lambda d: ["--pod", str(_write(d / "dep.yaml", "kind: Deployment\nmetadata: {name: x}\n"))],
+         "expected a Pod"),
+        (lambda d: ["--pod", TP4, "--config", str(_write(d / "c.yaml", "weights: {batch: {topolgy: 1}}\n"))],
+         "weights.batch.topolgy"),
+        (lambda d: ["--pod", TP4, "--cluster", str(_write(d / "empty.yaml", "kind: List\nitems: []\n"))],
+         "no Node objects"),
+        (lambda d: ["--pod", TP4, "--metrics", str(_write(d / "m.prom", "this is {not prometheus\n"))],
+         "not Prometheus text"),
+        (lambda d: ["--pod", str(_write(d / "cls.yaml", _pod({"nvidia.com/gpu": "1"}, "urgent")))],
+         "latency-critical, batch"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, make, message: str):
+    result = score(*make(tmp_path))
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu-extender: error:") and message in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_readme_dry_run_command():
+    """The README's first command, as written there (plus JSON output to check it)."""
+    readme = (ROOT / "README.md").read_text()
+    command = next(line.split("#")[0].split() for line in readme.splitlines() if line.startswith("scripts/gpu-extender"))
+    done = subprocess.run([*command, "--output", "json"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["nodes"][0]["node"] == "h100-inf-01"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _pod(limits: dict[str, str], workload_class: str | None = None) -> str:
+    meta = {"name": "p", "namespace": "default"}
+    if workload_class:
+        meta["annotations"] = {"gpu-extender.io/class": workload_class}
+    return yaml.safe_dump({"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+                           "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": limits}}]}})

@@ -1,0 +1,138 @@
+"""Kubernetes objects -> scoring model (extender/convert.py)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from extender import annotations as ann
+from extender import convert
+from scoring.config import PolicyConfig
+from scoring.model import MigSlot, MigStrategy, WorkloadClass
+
+CONFIG = PolicyConfig()
+NOW = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc).timestamp()
+
+
+def pod(limits=None, requests=None, init=None, annotations=None, node=None, phase="Running", **spec):
+    containers = [{"name": "c", "resources": {k: v for k, v in (("limits", limits), ("requests", requests)) if v}}]
+    body = {"containers": containers, **spec}
+    if init:
+        body["initContainers"] = [{"name": "i", "resources": {"limits": init}}]
+    if node:
+        body["nodeName"] = node
+    return {"kind": "Pod", "metadata": {"name": "p", "namespace": "ns", "annotations": annotations or {}},
+            "spec": body, "status": {"phase": phase}}
+
+
+def node(allocatable, labels=None, annotations=None, name="n1"):
+    return {"kind": "Node", "metadata": {"name": name, "labels": labels or {}, "annotations": annotations or {}},
+            "status": {"allocatable": allocatable}}
+
+
+def agent(gpus=2, age=10.0, **extra):
+    topology = {
+        "gpus": [{"index": i, "uuid": f"GPU-{i}", "model": "NVIDIA H100 80GB HBM3", "memoryMiB": 81559}
+                 for i in range(gpus)],
+        "nvlink": [[0 if i == j else 18 for j in range(gpus)] for i in range(gpus)],
+        "pcie": [[0 if i == j else 40 for j in range(gpus)] for i in range(gpus)],
+    }
+    beat = datetime.fromtimestamp(NOW - age, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {ann.TOPOLOGY: json.dumps(topology), ann.HEARTBEAT: beat, **extra}
+
+
+def test_gpu_requests_default_from_limits_and_init_containers_take_the_max():
+    assert convert.gpu_resources(pod(limits={"nvidia.com/gpu": "2", "cpu": "4"})) == {"nvidia.com/gpu": 2}
+    assert convert.gpu_resources(pod(requests={"nvidia.com/mig-1g.10gb": "1"})) == {"nvidia.com/mig-1g.10gb": 1}
+    assert convert.gpu_resources(pod(limits={"nvidia.com/gpu": "1"}, init={"nvidia.com/gpu": "3"})) == {
+        "nvidia.com/gpu": 3
+    }
+    with pytest.raises(convert.BadObject, match="whole number"):
+        convert.gpu_resources(pod(limits={"nvidia.com/gpu": "500m"}))
+
+
+def test_pod_request_reads_class_model_and_mig_profiles():
+    request = convert.pod_request(
+        pod(limits={"nvidia.com/mig-1g.10gb.me": "1", "nvidia.com/gpu": "1"},
+            annotations={ann.CLASS: "latency-critical", ann.MODEL: "m", ann.MODEL_SIZE: "16Gi",
+                         ann.MODEL_LOCALITY: "required"}),
+        CONFIG,
+    )
+    assert request.workload_class is WorkloadClass.LATENCY_CRITICAL
+    assert request.gpus == 1 and dict(request.mig) == {"1g.10gb+me": 1}
+    assert (request.model, request.model_size, request.model_required) == ("m", 16 * 2**30, True)
+    by_priority = convert.pod_request(pod(limits={"nvidia.com/gpu": "1"}, priority=2_000_000), CONFIG)
+    assert by_priority.workload_class is WorkloadClass.LATENCY_CRITICAL
+    by_class = convert.pod_request(pod(limits={"nvidia.com/gpu": "1"}, priorityClassName="gpu-latency-critical"),
+                                   CONFIG)
+    assert by_class.workload_class is WorkloadClass.LATENCY_CRITICAL
+    assert convert.pod_request(pod(limits={"nvidia.com/gpu": "1"}), CONFIG).workload_class is WorkloadClass.BATCH
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        (pod(limits={"cpu": "1"}), "requests no nvidia.com/gpu"),
+        (pod(limits={"nvidia.com/gpu": "1"}, annotations={ann.CLASS: "urgent"}), "is not one of"),
+        (pod(limits={"nvidia.com/gpu": "1"}, annotations={ann.MODEL_LOCALITY: "maybe"}), "preferred or required"),
+        (pod(limits={"nvidia.com/gpu": "1"}, annotations={ann.MODEL_SIZE: "lots"}), "not a quantity"),
+        ({"kind": "Node", "metadata": {"name": "x"}}, "expected a Pod"),
+    ],
+)
+def test_bad_pods_are_named_errors(obj, message):
+    with pytest.raises(convert.BadObject, match=message):
+        convert.pod_request(obj, CONFIG)
+
+
+def test_usage_from_plans_and_unplanned_pods():
+    plan = json.dumps({"node": "n1", "gpus": [1]})
+    pods = [
+        pod(limits={"nvidia.com/gpu": "1"}, node="n1", annotations={ann.PLAN: plan}),
+        pod(limits={"nvidia.com/gpu": "1"}, node="n1"),  # placed without a plan
+        pod(limits={"nvidia.com/gpu": "1"}, node="n1", phase="Succeeded"),  # finished: holds nothing
+        pod(limits={"nvidia.com/gpu": "1"}, node="n1",
+            annotations={ann.PLAN: json.dumps({"node": "other", "gpus": [0]})}),  # stale plan
+        pod(limits={"nvidia.com/gpu": "1"}, node="n1", annotations={ann.PLAN: "{not json"}),
+    ]
+    gpu_node = convert.gpu_node(node({"nvidia.com/gpu": "2"}, annotations=agent()), pods, NOW, CONFIG)
+    assert gpu_node.usage.gpus == frozenset({1})
+    assert gpu_node.usage.unplanned == {"nvidia.com/gpu": 3}
+    assert any("unreadable" in n for n in gpu_node.notes)
+
+
+def test_mig_layout_single_strategy_and_planned_slots():
+    layout = json.dumps([{"gpu": 0, "profile": "1g.5gb", "start": s, "size": 1} for s in range(7)])
+    labels = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb", "nvidia.com/mig.strategy": "single",
+              "nvidia.com/gpu.count": "1"}
+    plan = json.dumps({"node": "n1", "mig": [{"gpu": 0, "profile": "1g.5gb", "start": 3}]})
+    gpu_node = convert.gpu_node(
+        node({"nvidia.com/gpu": "7"}, labels, agent(gpus=1, **{ann.MIG_LAYOUT: layout})),
+        [pod(limits={"nvidia.com/gpu": "1"}, node="n1", annotations={ann.PLAN: plan})], NOW, CONFIG,
+    )
+    assert gpu_node.mig_strategy is MigStrategy.SINGLE and gpu_node.single_mig_profile == "1g.5gb"
+    assert gpu_node.product == "NVIDIA-A100-SXM4-40GB" and gpu_node.gpu_count == 1
+    assert len(gpu_node.mig_layout) == 7
+    assert gpu_node.usage.mig == frozenset({MigSlot(0, "1g.5gb", 3)})
+    assert not gpu_node.usage.unplanned
+
+
+def test_old_or_broken_agent_data_degrades_to_allocatable():
+    stale = convert.gpu_node(node({"nvidia.com/gpu": "2"}, annotations=agent(age=3600)), [], NOW, CONFIG)
+    assert stale.gpus == () and stale.nvlink is None and "old" in stale.notes[0]
+    missing = convert.gpu_node(node({"nvidia.com/gpu": "2"}), [], NOW, CONFIG)
+    assert missing.gpus == () and "no agent heartbeat" in missing.notes[0]
+    broken = agent(**{ann.MODEL_CACHE: "[1,2]"})
+    broken[ann.TOPOLOGY] = json.dumps({"gpus": [{"index": 0, "uuid": "GPU-0"}], "nvlink": [[0, 1]], "pcie": [[0]]})
+    degraded = convert.gpu_node(node({"nvidia.com/gpu": "1"}, annotations=broken), [], NOW, CONFIG)
+    assert degraded.gpus == () and degraded.model_cache == {}
+    assert any(ann.TOPOLOGY in n for n in degraded.notes) and any(ann.MODEL_CACHE in n for n in degraded.notes)
+    fresh = convert.gpu_node(node({"nvidia.com/gpu": "2"}, annotations=agent()), [], NOW, CONFIG)
+    assert [g.uuid for g in fresh.gpus] == ["GPU-0", "GPU-1"] and fresh.nvlink[0][1] == 18
+
+
+def test_only_gpu_resources_are_kept_from_allocatable():
+    gpu_node = convert.gpu_node(node({"cpu": "64", "nvidia.com/gpu": "8", "nvidia.com/mig-3g.40gb": "2"}),
+                                [], NOW, CONFIG)
+    assert dict(gpu_node.allocatable) == {"nvidia.com/gpu": 8, "nvidia.com/mig-3g.40gb": 2}
