@@ -6,6 +6,7 @@ naming the offending key, e.g. `weights.batch.topolgy: unknown key`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
@@ -71,7 +72,7 @@ _CLASS_KEYS = {"latencyCritical": WorkloadClass.LATENCY_CRITICAL, "batch": Workl
 
 def _number(low: float, high: float | None) -> Callable[[Any, str], float]:
     def check(value: Any, path: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         if value < low or (high is not None and value > high):
             bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"

@@ -131,6 +131,12 @@ def _layout(node: GpuNode) -> dict[int, _Gpu] | str:
         if profile is None or inst.start not in profile.starts or inst.size != profile.mem_slices:
             return f"layout has an illegal instance {inst.profile}@{inst.start} on GPU {inst.gpu}"
         gpus.setdefault(inst.gpu, _Gpu(inst.gpu, catalog))
+    for gpu in gpus.values():
+        instances = [inst for inst in node.mig_layout if inst.gpu == gpu.index]
+        slices = [s for inst in instances for s in range(inst.start, inst.start + inst.size)]
+        compute = sum(gpu.catalog[inst.profile].compute for inst in instances)
+        if len(slices) != len(set(slices)) or compute > COMPUTE_SLICES or len(instances) > MAX_INSTANCES:
+            return f"layout of GPU {gpu.index} has overlapping or too many instances"
     busy = {(slot.gpu, slot.start) for slot in node.usage.mig}
     for inst in node.mig_layout:
         target = gpus[inst.gpu].busy if (inst.gpu, inst.start) in busy else gpus[inst.gpu].idle

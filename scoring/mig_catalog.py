@@ -44,19 +44,19 @@ def _profiles(*rows: tuple[str, int, int, int]) -> tuple[Profile, ...]:
     )
 
 
+# A100-80GB and H100-80GB share names and geometry.
+_PROFILES_80GB = _profiles(
+    ("1g.10gb", 1, 1, 7), ("1g.10gb+me", 1, 1, 1), ("1g.20gb", 1, 2, 4), ("2g.20gb", 2, 2, 3),
+    ("3g.40gb", 3, 4, 2), ("4g.40gb", 4, 4, 1), ("7g.80gb", 7, 8, 1),
+)
+
 _CATALOG: dict[str, tuple[Profile, ...]] = {
     "A100-40GB": _profiles(
         ("1g.5gb", 1, 1, 7), ("1g.5gb+me", 1, 1, 1), ("1g.10gb", 1, 2, 4), ("2g.10gb", 2, 2, 3),
         ("3g.20gb", 3, 4, 2), ("4g.20gb", 4, 4, 1), ("7g.40gb", 7, 8, 1),
     ),
-    "A100-80GB": _profiles(
-        ("1g.10gb", 1, 1, 7), ("1g.10gb+me", 1, 1, 1), ("1g.20gb", 1, 2, 4), ("2g.20gb", 2, 2, 3),
-        ("3g.40gb", 3, 4, 2), ("4g.40gb", 4, 4, 1), ("7g.80gb", 7, 8, 1),
-    ),
-    "H100-80GB": _profiles(
-        ("1g.10gb", 1, 1, 7), ("1g.10gb+me", 1, 1, 1), ("1g.20gb", 1, 2, 4), ("2g.20gb", 2, 2, 3),
-        ("3g.40gb", 3, 4, 2), ("4g.40gb", 4, 4, 1), ("7g.80gb", 7, 8, 1),
-    ),
+    "A100-80GB": _PROFILES_80GB,
+    "H100-80GB": _PROFILES_80GB,
     "H200-141GB": _profiles(
         ("1g.18gb", 1, 1, 7), ("1g.18gb+me", 1, 1, 1), ("1g.35gb", 1, 2, 4), ("2g.35gb", 2, 2, 3),
         ("3g.71gb", 3, 4, 2), ("4g.71gb", 4, 4, 1), ("7g.141gb", 7, 8, 1),
@@ -67,6 +67,8 @@ _CATALOG: dict[str, tuple[Profile, ...]] = {
 def catalog_key(product: str) -> str | None:
     """Map a product name (`NVIDIA-A100-SXM4-80GB`, `NVIDIA H100 80GB HBM3`, ...) to a catalog key."""
     name = product.upper().replace("-", " ")
+    if "GH200" in name or "GB200" in name:
+        return None  # Grace superchips cut MIG differently
     if "H200" in name:
         return "H200-141GB"
     if "H100" in name and "NVL" not in name and "94GB" not in name:
