@@ -72,8 +72,8 @@ _CLASS_KEYS = {"latencyCritical": WorkloadClass.LATENCY_CRITICAL, "batch": Workl
 
 def _number(low: float, high: float | None) -> Callable[[Any, str], float]:
     def check(value: Any, path: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         if value < low or (high is not None and value > high):
             bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
             raise ConfigError(f"{path}: must be {bounds}, got {value!r}")

@@ -69,7 +69,8 @@ def symmetric(draw, n: int, values) -> tuple[tuple[int, ...], ...]:
 def nodes(draw, name: str, favour: str | None = None) -> GpuNode:
     """A node of 1..8 H100s; `favour` makes placements of that MIG profile likelier in its layout."""
     n = draw(st.sampled_from((8, 8, 4)) | st.integers(1, 8))
-    mig_gpus = draw(st.sets(st.integers(0, n - 1), max_size=n)) if draw(st.booleans()) else set()
+    with_mig = draw(st.sampled_from((True, True, True, False) if favour else (True, False)))
+    mig_gpus = draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=n)) if with_mig else set()
     gpus = tuple(Gpu(i, f"GPU-{name}-{i}", PRODUCT, 81_559, mig_enabled=i in mig_gpus) for i in range(n))
 
     layout: list[MigInstance] = []
@@ -80,7 +81,7 @@ def nodes(draw, name: str, favour: str | None = None) -> GpuNode:
 
     whole = [i for i in range(n) if i not in mig_gpus]
     held_gpus = draw(st.sets(st.sampled_from(whole), max_size=len(whole) // 2 + 1)) if whole else set()
-    held_mig = draw(st.sets(st.sampled_from(layout), max_size=len(layout))) if layout else set()
+    held_mig = draw(st.sets(st.sampled_from(layout), max_size=len(layout) // 2 + 1)) if layout else set()
     unplanned_gpus = draw(st.integers(0, len(whole) - len(held_gpus)) | st.just(0))
 
     allocatable = {GPU_RESOURCE: len(whole)} if whole else {}

@@ -252,3 +252,10 @@ def test_zeroing_the_only_nonzero_weights_left_is_rejected():
     parse({"weights": {"batch": given}})
     with pytest.raises(ConfigError, match=r"^weights\.batch:"):
         parse({"weights": {"batch": {**given, "allocation": 0}}})
+
+
+@pytest.mark.parametrize("cls", ["batch", "latencyCritical"])
+def test_infinite_weight_is_rejected(cls):
+    # YAML reads `.inf` as a float. An infinite weight makes every total inf/inf = NaN, and
+    # `policy.rank` then fails converting NaN to an integer: the config must not accept it.
+    assert error_of({"weights": {cls: {"topology": math.inf}}}).startswith(f"weights.{cls}.topology:")

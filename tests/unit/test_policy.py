@@ -13,6 +13,7 @@ from scoring.model import (
     GPU_RESOURCE,
     Gpu,
     GpuNode,
+    MigStrategy,
     Plan,
     PodRequest,
     ScoreBreakdown,
@@ -177,23 +178,35 @@ def test_batch_pod_larger_than_the_unreserved_capacity_is_unresolvable():
 
 
 def test_headroom_counts_mig_instances_by_their_memory_share():
-    product = "NVIDIA H100 80GB HBM3"
-
-    def mig_node(name: str, held: int) -> GpuNode:
+    # Two H100s: one whole GPU (held), one cut into 7x 1g.10gb; each instance is 1/8 of a GPU.
+    def mig_node(held_instances: int) -> GpuNode:
         return GpuNode(
-            name,
-            allocatable={mig_resource("1g.10gb"): 7},
-            product=product,
+            "n",
+            allocatable={GPU_RESOURCE: 1, mig_resource("1g.10gb"): 7},
+            product="NVIDIA H100 80GB HBM3",
+            mig_strategy=MigStrategy.MIXED,
+            gpu_count=2,
             labels=INFERENCE,
-            usage=Usage(unplanned={mig_resource("1g.10gb"): held}),
+            usage=Usage(unplanned={GPU_RESOURCE: 1, mig_resource("1g.10gb"): held_instances}),
         )
 
     req = request(BATCH, gpus=0, mig={"1g.10gb": 1})
-    # Capacity 7/8 GPU, 1/4 of it reserved: 4 held + 1 leaves 2/8 free (kept), 6 held + 1 leaves 0.
-    assert decide([mig_node("n", 4)], req)["n"].feasible
-    assert not decide([mig_node("n", 6)], req)["n"].feasible
-    lc = replace(req, workload_class=LC)
-    assert decide([mig_node("n", 6)], lc)["n"].feasible
+    # 0.5 GPU reserved: 3 held + 1 leaves 2 - 1 - 4/8 = 0.5 free (kept); 4 held + 1 leaves 0.375.
+    assert decide([mig_node(3)], req)["n"].feasible
+    assert not decide([mig_node(4)], req)["n"].feasible
+    assert decide([mig_node(4)], replace(req, workload_class=LC))["n"].feasible
+
+
+def test_headroom_selector_must_match_every_label():
+    selector = MappingProxyType({"pool": "inference", "zone": "a"})
+    config = replace(CONFIG, headroom=HeadroomArgs(node_selector=selector))
+    nodes = [
+        plain_node("both", held=5, labels={"pool": "inference", "zone": "a"}),
+        plain_node("one", held=5, labels={"pool": "inference", "zone": "b"}),
+    ]
+    d = decide(nodes, request(BATCH, gpus=2), config)
+    assert not d["both"].feasible
+    assert d["one"].feasible
 
 
 # --- allocation preference ---------------------------------------------------------------------
