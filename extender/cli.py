@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import ssl
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import orjson
 import typer
@@ -14,11 +16,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from extender import convert, dcgm, snapshot
-from extender.annotations import plan_to_dict
 from extender.cluster import ClusterView
+from extender.report import report
 from scoring import config as policy_config
 from scoring import policy
-from scoring.model import SIGNALS, GpuNode, Plan, PodRequest, ScoreBreakdown
+from scoring.model import SIGNALS, Plan, PodRequest, ScoreBreakdown
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="GPU placement for kube-scheduler.")
 
@@ -45,6 +47,45 @@ def fail(message: str) -> typer.Exit:
 @app.callback()
 def main() -> None:
     """GPU placement for kube-scheduler: MIG, NVLink, model cache and live utilization."""
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@app.command()
+def serve(
+    cluster: Annotated[Path, typer.Option(help="Serve this snapshot (`kubectl get nodes,pods -A -o yaml`).")],
+    metrics: Annotated[Optional[list[Path]], typer.Option(help="dcgm-exporter text dump; repeatable.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Policy config (YAML).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; other than loopback needs TLS.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8888,
+    tls_cert: Annotated[Optional[Path], typer.Option(help="Server certificate (PEM).")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option(help="Server key (PEM).")] = None,
+    client_ca: Annotated[Optional[Path], typer.Option(help="CA that signs kube-scheduler's client certificate.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the extender webhook (filter, prioritize, bind, preempt) for kube-scheduler."""
+    import uvicorn
+
+    from extender.app import SnapshotBinder, create_app
+
+    if host not in LOOPBACK and not (tls_cert and tls_key and client_ca):
+        raise fail(f"listening on {host} needs --tls-cert, --tls-key and --client-ca (kube-scheduler's client CA)")
+    try:
+        cfg = policy_config.parse(snapshot.read_document(config)) if config else policy_config.PolicyConfig()
+        view = ClusterView.from_snapshot(cluster, metrics or [], cfg)
+    except policy_config.ConfigError as exc:
+        raise fail(f"{config}: {exc}") from None
+    except (snapshot.FileError, dcgm.MetricsError) as exc:
+        raise fail(str(exc)) from None
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tls = {}
+    if tls_cert and tls_key:
+        tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)}
+        if client_ca:
+            tls |= {"ssl_ca_certs": str(client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    uvicorn.run(create_app(view, SnapshotBinder()), host=host, port=port, log_level=log_level,
+                access_log=False, **tls)
 
 
 @app.command()
@@ -75,37 +116,13 @@ def score(
         raise fail(f"{config}: {exc}") from None
     except (snapshot.FileError, convert.BadObject, dcgm.MetricsError) as exc:
         raise fail(str(exc)) from None
-    decisions = policy.evaluate(view.nodes, request, view.samples, view.as_of, cfg)
-    nodes = {node.name: node for node in view.nodes}
+    nodes = {node.name: node for node in view.nodes()}
+    decisions = policy.evaluate(list(nodes.values()), request, view.samples, view.now(), cfg)
     if output is Output.json:
         sys.stdout.write(orjson.dumps(report(request, decisions, nodes), option=orjson.OPT_INDENT_2).decode())
         sys.stdout.write("\n")
     else:
         _render(Console(), request, decisions)
-
-
-def report(request: PodRequest, decisions: list[ScoreBreakdown], nodes: dict[str, GpuNode]) -> dict[str, Any]:
-    """The dry run's JSON document."""
-    return {
-        "pod": request.key,
-        "class": request.workload_class.value,
-        "nodes": [
-            {
-                "node": d.node,
-                "feasible": d.feasible,
-                "score": d.score,
-                "signals": {name: round(_signal(d, name), 4) for name in SIGNALS},
-                "plan": plan_to_dict(d.plan, nodes[d.node]) if d.feasible else {},
-                "reason": d.reason,
-            }
-            for d in decisions
-        ],
-    }
-
-
-def _signal(decision: ScoreBreakdown, name: str) -> float:
-    result = decision.signals.get(name)
-    return result.score if result is not None else 0.0
 
 
 def _render(console: Console, request: PodRequest, decisions: list[ScoreBreakdown]) -> None:

@@ -1,46 +1,68 @@
-"""ClusterView: the nodes, their pods and the DCGM samples the scorer reads."""
+"""ClusterView: nodes, the pods bound to them, plans being bound, and the DCGM samples.
+
+Fed by a snapshot file or by Kubernetes watches. A node's scoring model (`GpuNode`) is rebuilt
+when the node, a pod on it or an assumed plan changes, or when its agent data ages out, never per
+request; each rebuild bumps the node's revision so cached decisions know they are stale.
+"""
 
 from __future__ import annotations
 
+import copy
+import json
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from extender import annotations as ann
 from extender import convert, dcgm, snapshot
+from extender.annotations import plan_to_dict
 from scoring.config import PolicyConfig
-from scoring.model import GpuNode, GpuSample
+from scoring.locality import ModelSpread
+from scoring.model import GpuNode, GpuSample, Plan
+
+Obj = Mapping[str, Any]
 
 
-@dataclass(frozen=True)
+def pod_key(pod: Obj) -> str:
+    meta = pod.get("metadata") or {}
+    return meta.get("uid") or f"{meta.get('namespace', 'default')}/{meta.get('name')}"
+
+
 class ClusterView:
-    """A consistent view of the cluster at time `as_of` (seconds since the epoch)."""
+    def __init__(self, config: PolicyConfig, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.now = clock
+        self._lock = threading.RLock()
+        self._raw_nodes: dict[str, Obj] = {}
+        self._pods: dict[str, Obj] = {}
+        self._pods_on: dict[str, dict[str, Obj]] = defaultdict(dict)
+        self._assumed: dict[str, tuple[str, Obj]] = {}
+        self._built: dict[str, tuple[GpuNode, int, float]] = {}  # name -> (node, revision, expires)
+        self._revisions = 0
+        self._models: dict[str, dict[str, int]] = defaultdict(dict)  # model -> node -> bytes cached
+        self._gpu_nodes: set[str] = set()
+        self.samples: Mapping[str, GpuSample] = {}
+        self.samples_revision = 0
+        self.synced = False
 
-    nodes: tuple[GpuNode, ...]
-    samples: Mapping[str, GpuSample]
-    as_of: float
+    # --- sources ---------------------------------------------------------------------------
 
     @classmethod
     def from_objects(
         cls,
-        nodes: Iterable[Mapping[str, Any]],
-        pods: Iterable[Mapping[str, Any]],
+        nodes: Iterable[Obj],
+        pods: Iterable[Obj],
         samples: Mapping[str, GpuSample],
         config: PolicyConfig,
         as_of: float,
     ) -> ClusterView:
-        by_node: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-        for pod in pods:
-            node_name = (pod.get("spec") or {}).get("nodeName")
-            if node_name:
-                by_node[node_name].append(pod)
-        built = tuple(
-            convert.gpu_node(node, by_node[(node.get("metadata") or {}).get("name", "")], as_of, config)
-            for node in nodes
-        )
-        return cls(built, dict(samples), as_of)
+        view = cls(config, clock=lambda: as_of)
+        view.replace_all(nodes, pods)
+        view.set_samples(samples)
+        return view
 
     @classmethod
     def from_snapshot(cls, path: Path, metrics: Iterable[Path], config: PolicyConfig) -> ClusterView:
@@ -55,5 +77,164 @@ class ClusterView:
             samples.update(dcgm.load_dump(dump))
         times = [t for t in (convert.heartbeat(n) for n in nodes) if t is not None]
         times += [s.at for s in samples.values()]
-        as_of = max(times) if times else time.time()
-        return cls.from_objects(nodes, pods, samples, config, as_of)
+        return cls.from_objects(nodes, pods, samples, config, max(times) if times else time.time())
+
+    def replace_all(self, nodes: Iterable[Obj], pods: Iterable[Obj]) -> None:
+        """Start over from a full list (a snapshot, or a re-list after the watch fell behind)."""
+        with self._lock:
+            self._raw_nodes = {(n.get("metadata") or {}).get("name", ""): n for n in nodes}
+            self._pods.clear()
+            self._pods_on.clear()
+            for pod in pods:
+                self._store_pod(pod)
+            self._built.clear()
+            self._models.clear()
+            self._gpu_nodes.clear()
+            for name in self._raw_nodes:
+                self._rebuild(name)
+            self.synced = True
+
+    def upsert_node(self, node: Obj) -> None:
+        name = (node.get("metadata") or {}).get("name", "")
+        with self._lock:
+            self._raw_nodes[name] = node
+            self._rebuild(name)
+
+    def remove_node(self, name: str) -> None:
+        with self._lock:
+            self._raw_nodes.pop(name, None)
+            self._rebuild(name)
+
+    def upsert_pod(self, pod: Obj) -> None:
+        with self._lock:
+            for name in self._drop_pod(pod_key(pod)) | self._store_pod(pod):
+                self._rebuild(name)
+
+    def remove_pod(self, key: str) -> None:
+        with self._lock:
+            for name in self._drop_pod(key):
+                self._rebuild(name)
+
+    def set_samples(self, samples: Mapping[str, GpuSample]) -> None:
+        with self._lock:
+            self.samples = dict(samples)
+            self.samples_revision += 1
+
+    # --- plans being bound -----------------------------------------------------------------
+
+    def assume(self, pod: Obj, node_name: str, plan: Plan) -> None:
+        """Count `plan` as held on `node_name` until the watch shows the pod bound (or `forget`)."""
+        with self._lock:
+            entry = self._node_entry(node_name)
+            node = entry[0] if entry else None
+            held = copy.deepcopy(dict(pod))
+            held.setdefault("spec", {})["nodeName"] = node_name
+            held.setdefault("metadata", {}).setdefault("annotations", {})[ann.PLAN] = json.dumps(
+                plan_to_dict(plan, node) if node else {"node": node_name}
+            )
+            key = pod_key(pod)
+            self._assumed[key] = (node_name, held)
+            self._rebuild(node_name)
+
+    def forget(self, pod: Obj) -> None:
+        with self._lock:
+            assumed = self._assumed.pop(pod_key(pod), None)
+            if assumed:
+                self._rebuild(assumed[0])
+
+    def assumed_count(self) -> int:
+        return len(self._assumed)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def node(self, name: str) -> tuple[GpuNode, int] | None:
+        """The node's model and revision, rebuilt if anything it depends on changed."""
+        with self._lock:
+            built = self._node_entry(name)
+            return None if built is None else (built[0], built[1])
+
+    def nodes(self) -> list[GpuNode]:
+        with self._lock:
+            return [entry[0] for name in list(self._raw_nodes) if (entry := self._node_entry(name))]
+
+    def node_without(self, name: str, pod_keys: Iterable[str]) -> GpuNode | None:
+        """The node as it would be with the given pods gone (for preemption)."""
+        with self._lock:
+            raw = self._raw_nodes.get(name)
+            if raw is None:
+                return None
+            return convert.gpu_node(raw, self._holders(name, set(pod_keys)), self.now(), self.config)
+
+    def pod(self, key: str) -> Obj | None:
+        return self._pods.get(key)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def model_spread(self, model: str, stated_size: int | None) -> ModelSpread:
+        """Cluster-wide facts about a model for the locality signal, from the maintained index."""
+        with self._lock:
+            holders = self._models.get(model, {})
+            largest = max(holders.values(), default=0)
+            return ModelSpread(stated_size or largest, len(holders), len(self._gpu_nodes))
+
+    def _node_entry(self, name: str) -> tuple[GpuNode, int, float] | None:
+        entry = self._built.get(name)
+        if entry is not None and self.now() >= entry[2]:
+            entry = self._rebuild(name)
+        return entry
+
+    def _rebuild(self, name: str) -> tuple[GpuNode, int, float] | None:
+        old = self._built.pop(name, None)
+        if old is not None:
+            for model in old[0].model_cache:
+                self._models[model].pop(name, None)
+        self._gpu_nodes.discard(name)
+        raw = self._raw_nodes.get(name)
+        if raw is None:
+            return None
+        now = self.now()
+        node = convert.gpu_node(raw, self._holders(name, set()), now, self.config)
+        beat = convert.heartbeat(raw)
+        expires = beat + self.config.agent.max_age_seconds if beat and node.gpus else float("inf")
+        self._revisions += 1
+        entry = (node, self._revisions, expires)
+        self._built[name] = entry
+        for model, size in node.model_cache.items():
+            if size > 0:
+                self._models[model][name] = size
+        if node.allocatable or node.gpus:
+            self._gpu_nodes.add(name)
+        return entry
+
+    def _holders(self, name: str, excluded: set[str]) -> list[Obj]:
+        """Pods bound to the node plus plans assumed onto it, less `excluded` keys."""
+        on_node = self._pods_on.get(name, {})
+        pods = [pod for key, pod in on_node.items() if key not in excluded]
+        pods += [
+            held for key, (where, held) in self._assumed.items()
+            if where == name and key not in on_node and key not in excluded
+        ]
+        return pods
+
+    def _store_pod(self, pod: Obj) -> set[str]:
+        """Record a pod; returns the nodes whose model it changes."""
+        key = pod_key(pod)
+        self._pods[key] = pod
+        touched = set()
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        if node_name and convert.holds_resources(pod):
+            self._pods_on[node_name][key] = pod
+            touched.add(node_name)
+            assumed = self._assumed.pop(key, None)
+            if assumed is not None:
+                touched.add(assumed[0])
+        return touched
+
+    def _drop_pod(self, key: str) -> set[str]:
+        old = self._pods.pop(key, None)
+        if old is None:
+            return set()
+        node_name = (old.get("spec") or {}).get("nodeName")
+        if node_name and self._pods_on.get(node_name, {}).pop(key, None) is not None:
+            return {node_name}
+        return set()

@@ -28,6 +28,7 @@ from scoring.model import (
     Plan,
     PodRequest,
     Usage,
+    WorkloadClass,
     mig_profile,
     mig_resource,
 )
@@ -94,12 +95,7 @@ def pod_request(pod: Mapping[str, Any], config: PolicyConfig) -> PodRequest:
         raise BadObject(f"pod {name_of(pod)} requests no nvidia.com/gpu or nvidia.com/mig-* resource")
     notes = meta.get("annotations") or {}
     spec = pod.get("spec") or {}
-    try:
-        workload_class = policy.classify(
-            notes.get(ann.CLASS), spec.get("priority"), spec.get("priorityClassName"), config
-        )
-    except ValueError as exc:
-        raise BadObject(f"pod {name_of(pod)}: {ann.CLASS}: {exc}") from None
+    workload_class = workload_class_of(pod, config)
     locality_mode = notes.get(ann.MODEL_LOCALITY, "preferred")
     if locality_mode not in ("preferred", "required"):
         raise BadObject(f"pod {name_of(pod)}: {ann.MODEL_LOCALITY} must be preferred or required")
@@ -115,6 +111,15 @@ def pod_request(pod: Mapping[str, Any], config: PolicyConfig) -> PodRequest:
         model_required=locality_mode == "required",
         priority=int(spec.get("priority") or 0),
     )
+
+
+def workload_class_of(pod: Mapping[str, Any], config: PolicyConfig) -> WorkloadClass:
+    notes = (pod.get("metadata") or {}).get("annotations") or {}
+    spec = pod.get("spec") or {}
+    try:
+        return policy.classify(notes.get(ann.CLASS), spec.get("priority"), spec.get("priorityClassName"), config)
+    except ValueError as exc:
+        raise BadObject(f"pod {name_of(pod)}: {ann.CLASS}: {exc}") from None
 
 
 def _model_size(pod: Mapping[str, Any], value: str | None) -> int | None:

@@ -15,6 +15,9 @@ an H100 = 1/8). A node is feasible when every signal is; batch pods are also rej
 matching `headroom.nodeSelector` when they would leave less than `headroom.fraction` of the node's
 capacity free: that headroom is kept for latency-critical pods.
 
+Preemption: `may_evict` says which classes a pod may evict (never a latency-critical pod);
+victims are chosen lowest priority first, then pruned to the fewest that still make room.
+
 The scheduler's integer: infeasible nodes get 0; feasible ones 1..10 by min-max scaling of
 `total` over the feasible nodes (all 10 when they are equal), so the best node always gets 10.
 """
@@ -58,6 +61,12 @@ def classify(
     if priority_class in config.classify.latency_critical_priority_classes:
         return WorkloadClass.LATENCY_CRITICAL
     return WorkloadClass.BATCH
+
+
+def may_evict(preemptor: WorkloadClass, victim: WorkloadClass) -> bool:
+    """Latency-critical pods may evict batch pods; batch pods may evict batch pods only;
+    no pod ever evicts a latency-critical one."""
+    return victim is WorkloadClass.BATCH
 
 
 def evaluate(

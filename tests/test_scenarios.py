@@ -35,7 +35,7 @@ class Decisions(dict[str, ScoreBreakdown]):
 def decide(pod_file: str, cluster: ClusterView | None = None) -> Decisions:
     cluster = cluster or view()
     request = convert.pod_request(snapshot.read_document(EXAMPLES / "pods" / pod_file), CONFIG)
-    return Decisions(policy.evaluate(cluster.nodes, request, cluster.samples, cluster.as_of, CONFIG))
+    return Decisions(policy.evaluate(cluster.nodes(), request, cluster.samples, cluster.now(), CONFIG))
 
 
 TP4 = "llama70b-tp4-latency-critical.yaml"
@@ -68,7 +68,7 @@ def test_latency_critical_pod_prefers_node_with_its_model_cached():
 def test_batch_pod_prefers_most_allocated_feasible_node():
     cluster = view()
     d = decide("finetune-1gpu-batch.yaml", cluster)
-    nodes = {n.name: n for n in cluster.nodes}
+    nodes = {n.name: n for n in cluster.nodes()}
     feasible = [name for name in d.order if d[name].feasible]
     allocated_now = {name: policy.held_units(nodes[name]) / policy.capacity_units(nodes[name]) for name in feasible}
     assert feasible[0] == max(allocated_now, key=allocated_now.get)

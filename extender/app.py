@@ -1,0 +1,220 @@
+"""The webhook kube-scheduler calls: thin routes that decode, ask the Decider, encode.
+
+Every verb answers HTTP 200: a body kube-scheduler cannot have meant gets a clear `Error` (filter,
+bind), an empty answer (prioritize, preempt: their types have no error field) and a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from extender import convert, wire
+from extender.cluster import ClusterView, pod_key
+from extender.decisions import Decider
+from extender.preemption import victims_for
+from scoring import policy
+from scoring.model import Plan, ScoreBreakdown
+
+log = logging.getLogger("gpu_extender")
+JSON = "application/json"
+
+
+class BindError(RuntimeError):
+    """The API server refused or failed a binding."""
+
+
+class Binder(Protocol):
+    def bind(self, pod: dict, node: str, plan: Plan, breakdown: ScoreBreakdown) -> None:
+        """Write the plan onto the pod, create the Binding and an Event; raise BindError on failure."""
+
+
+class SnapshotBinder:
+    """Used when serving a snapshot file: there is no API server to bind with."""
+
+    def bind(self, pod: dict, node: str, plan: Plan, breakdown: ScoreBreakdown) -> None:
+        raise BindError("serving a snapshot file (--cluster): binding needs a live cluster")
+
+
+class Metrics:
+    def __init__(self, view: ClusterView):
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "gpu_extender_request_seconds", "Time to answer kube-scheduler, by verb.", ["verb"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=self.registry,
+        )
+        self.decisions = Counter(
+            "gpu_extender_decisions_total", "Filter decisions by workload class and outcome.",
+            ["workload_class", "outcome"], registry=self.registry,
+        )
+        self.bind_failures = Counter("gpu_extender_bind_failures_total", "Binds that failed.", registry=self.registry)
+        self.bad_requests = Counter(
+            "gpu_extender_bad_requests_total", "Requests that could not be understood, by verb.", ["verb"],
+            registry=self.registry,
+        )
+        assumed = Gauge("gpu_extender_assumed_plans", "Plans assumed at bind, not yet seen bound.",
+                        registry=self.registry)
+        assumed.set_function(view.assumed_count)
+        age = Gauge("gpu_extender_dcgm_data_age_seconds", "Age of the newest DCGM sample (-1: none).",
+                    registry=self.registry)
+        age.set_function(lambda: view.now() - max((s.at for s in view.samples.values()), default=view.now() + 1))
+
+
+def create_app(view: ClusterView, binder: Binder) -> FastAPI:
+    app = FastAPI(title="gpu-extender", docs_url=None, redoc_url=None, openapi_url=None)
+    decider = Decider(view)
+    metrics = Metrics(view)
+    bind_lock = threading.Lock()
+    app.state.decider = decider
+
+    def timed(verb: str, handler: Callable[[bytes], bytes]) -> Callable:
+        async def route(request: Request) -> Response:
+            started = time.perf_counter()
+            body = handler(await request.body())
+            metrics.latency.labels(verb).observe(time.perf_counter() - started)
+            return Response(body, media_type=JSON)
+
+        return route
+
+    def filter_(body: bytes) -> bytes:
+        try:
+            args = wire.decode(body, wire.ExtenderArgs)
+            names, sent = _candidates(args)
+            decision = decider.decide(args.Pod, names, sent)
+        except (wire.WireError, convert.BadObject) as exc:
+            metrics.bad_requests.labels("filter").inc()
+            log.warning("filter: %s", exc)
+            return wire.encode(wire.ExtenderFilterResult(Error=f"gpu-extender: {exc}"))
+        ranked = policy.rank(decision.breakdowns.values())
+        decider.remember(decision, ranked)
+        passed = [n for n, d in decision.breakdowns.items() if d.feasible]
+        failed = {n: d.reason for n, d in decision.breakdowns.items() if not d.feasible and not d.unresolvable}
+        failed |= {n: "node unknown to gpu-extender" for n in decision.unknown}
+        unresolvable = {n: d.reason for n, d in decision.breakdowns.items() if d.unresolvable}
+        outcome = "feasible" if passed else "unschedulable"
+        metrics.decisions.labels(decision.request.workload_class.value, outcome).inc()
+        log.info("filter %s (%s): %d of %d nodes fit%s", decision.request.key,
+                 decision.request.workload_class.value, len(passed), len(names),
+                 f", best {ranked[0].node}" if passed else "")
+        if args.Nodes is not None:
+            kept = [sent[n] for n in passed] if sent else []
+            return wire.encode(wire.ExtenderFilterResult(
+                Nodes={"metadata": {}, "items": kept}, FailedNodes=failed, FailedAndUnresolvableNodes=unresolvable))
+        return wire.encode(wire.ExtenderFilterResult(
+            NodeNames=passed, FailedNodes=failed, FailedAndUnresolvableNodes=unresolvable))
+
+    def prioritize(body: bytes) -> bytes:
+        try:
+            args = wire.decode(body, wire.ExtenderArgs)
+            names, sent = _candidates(args)
+            decision = decider.decide(args.Pod, names, sent)
+        except (wire.WireError, convert.BadObject) as exc:
+            metrics.bad_requests.labels("prioritize").inc()
+            log.warning("prioritize: %s (answering no scores)", exc)
+            return wire.encode([])
+        ranked = policy.rank(decision.breakdowns.values())
+        decider.remember(decision, ranked)
+        scores = {d.node: d.score for d in ranked}
+        return wire.encode([wire.HostPriority(name, scores.get(name, 0)) for name in names])
+
+    def bind(body: bytes) -> bytes:
+        try:
+            args = wire.decode(body, wire.ExtenderBindingArgs)
+        except wire.WireError as exc:
+            metrics.bad_requests.labels("bind").inc()
+            log.warning("bind: %s", exc)
+            return wire.encode(wire.ExtenderBindingResult(Error=f"gpu-extender: {exc}"))
+        error = _bind(view, decider, binder, bind_lock, args)
+        if error:
+            metrics.bind_failures.inc()
+            log.warning("bind %s/%s to %s failed: %s", args.PodNamespace, args.PodName, args.Node, error)
+        return wire.encode(wire.ExtenderBindingResult(Error=error))
+
+    def preempt(body: bytes) -> bytes:
+        try:
+            args = wire.decode(body, wire.ExtenderPreemptionArgs)
+            request = decider.request(args.Pod)
+        except (wire.WireError, convert.BadObject) as exc:
+            metrics.bad_requests.labels("preempt").inc()
+            log.warning("preempt: %s (answering no candidates)", exc)
+            return wire.encode(wire.ExtenderPreemptionResult())
+        candidates: dict[str, list[str]] = {}
+        for node, meta in (args.NodeNameToMetaVictims or {}).items():
+            candidates[node] = [p.UID for p in (meta.Pods if meta and meta.Pods else [])]
+        for node, victims in (args.NodeNameToVictims or {}).items():
+            pods = victims.Pods if victims and victims.Pods else []
+            candidates[node] = [(p.get("metadata") or {}).get("uid", "") for p in pods]
+        chosen = victims_for(view, request, candidates)
+        log.info("preempt %s: %d of %d nodes can make room", request.key, len(chosen), len(candidates))
+        return wire.encode(wire.ExtenderPreemptionResult({
+            node: wire.MetaVictims([wire.MetaPod(uid) for uid in uids], 0) for node, uids in chosen.items()
+        }))
+
+    for verb, handler in (("filter", filter_), ("prioritize", prioritize), ("bind", bind), ("preempt", preempt)):
+        app.add_api_route(f"/{verb}", timed(verb, handler), methods=["POST"])
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response("ok", media_type="text/plain")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if view.synced:
+            return Response("ok", media_type="text/plain")
+        return Response("cluster view not synced yet", status_code=503, media_type="text/plain")
+
+    @app.get("/metrics")
+    async def metrics_route() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/explain/{namespace}/{name}")
+    async def explain(namespace: str, name: str) -> Response:
+        doc = decider.explain(namespace, name)
+        if doc is None:
+            return Response(wire.encode({"error": f"no decision recorded for {namespace}/{name}"}),
+                            status_code=404, media_type=JSON)
+        return Response(wire.encode(doc), media_type=JSON)
+
+    return app
+
+
+def _candidates(args: wire.ExtenderArgs) -> tuple[list[str], dict[str, dict] | None]:
+    if args.NodeNames is not None:
+        return args.NodeNames, None
+    if args.Nodes is None:
+        raise wire.WireError("ExtenderArgs: neither Nodes nor NodeNames is set")
+    items = args.Nodes.get("items") or []
+    sent = {(n.get("metadata") or {}).get("name", ""): n for n in items if isinstance(n, dict)}
+    return list(sent), sent
+
+
+def _bind(view: ClusterView, decider: Decider, binder: Binder, lock: threading.Lock,
+          args: wire.ExtenderBindingArgs) -> str:
+    pod = view.pod(args.PodUID) or view.pod(f"{args.PodNamespace}/{args.PodName}")
+    if pod is None:
+        return f"gpu-extender: pod {args.PodNamespace}/{args.PodName} ({args.PodUID}) is not in the cluster view"
+    if (pod.get("spec") or {}).get("nodeName") == args.Node:
+        return ""  # already bound there: binding again would fail, the outcome is the same
+    with lock:
+        try:
+            decision = decider.decide(pod, [args.Node])
+        except convert.BadObject as exc:
+            return f"gpu-extender: {exc}"
+        breakdown = decision.breakdowns.get(args.Node)
+        if breakdown is None or not breakdown.feasible:
+            reason = breakdown.reason if breakdown else "node unknown to gpu-extender"
+            return f"gpu-extender: {args.Node} no longer fits {args.PodNamespace}/{args.PodName}: {reason}"
+        view.assume(pod, args.Node, breakdown.plan)
+    try:
+        binder.bind(dict(pod), args.Node, breakdown.plan, breakdown)
+    except BindError as exc:
+        view.forget(pod)
+        return f"gpu-extender: {exc}"
+    log.info("bound %s to %s: %s", pod_key(pod), args.Node, breakdown.reason)
+    return ""

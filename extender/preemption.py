@@ -1,0 +1,68 @@
+"""Preemption: which of kube-scheduler's candidate victims on a node make room for the pod.
+
+Victims must be pods the preemptor may evict (`scoring.policy.may_evict`: latency-critical pods
+evict batch pods only; batch pods never evict latency-critical ones). On each node the acceptable
+candidates are added lowest priority first until the pod fits; then each chosen victim, highest
+priority first, is put back if the pod still fits without evicting it. A node where no acceptable
+set makes room is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from extender import convert
+from extender.cluster import ClusterView
+from scoring import policy
+from scoring.locality import ModelSpread
+from scoring.model import PodRequest
+
+
+def victims_for(
+    view: ClusterView, request: PodRequest, candidates: Mapping[str, Sequence[str]]
+) -> dict[str, list[str]]:
+    """Node -> victim pod UIDs (subset of `candidates`), for nodes where the pod can fit."""
+    config = view.config
+    spread = view.model_spread(request.model, request.model_size) if request.model else ModelSpread(0, 0, 0)
+    chosen: dict[str, list[str]] = {}
+    for node_name, uids in candidates.items():
+        pods = {uid: pod for uid in uids if (pod := view.pod(uid)) is not None}
+        acceptable = sorted(
+            (uid for uid, pod in pods.items() if _evictable(request, pod, config)),
+            key=lambda uid: (_priority(pods[uid]), uid),
+        )
+
+        def fits(evicted: list[str]) -> bool:
+            node = view.node_without(node_name, evicted)
+            if node is None:
+                return False
+            return policy.score_node(node, request, spread, view.samples, view.now(), config).feasible
+
+        victims: list[str] = []
+        for uid in acceptable:
+            victims.append(uid)
+            if fits(victims):
+                break
+        else:
+            continue
+        for uid in sorted(victims, key=lambda u: -_priority(pods[u])):
+            rest = [v for v in victims if v != uid]
+            if fits(rest):
+                victims = rest
+        chosen[node_name] = sorted(victims, key=lambda u: -_priority(pods[u]))
+    return chosen
+
+
+def _evictable(request: PodRequest, pod: Mapping[str, Any], config) -> bool:
+    if _priority(pod) >= request.priority:
+        return False  # kube-scheduler's rule too: only lower-priority pods are victims
+    try:
+        victim_class = convert.workload_class_of(pod, config)
+    except convert.BadObject:
+        return False
+    return policy.may_evict(request.workload_class, victim_class)
+
+
+def _priority(pod: Mapping[str, Any]) -> int:
+    return int((pod.get("spec") or {}).get("priority") or 0)

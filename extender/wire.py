@@ -1,0 +1,95 @@
+"""The kube-scheduler extender v1 wire types (k8s.io/kube-scheduler/extender/v1) and their codec.
+
+Go encodes these structs without JSON tags, so keys are the capitalised Go field names and nil
+values are `null`. Embedded Pods and Nodes stay plain dicts: they carry hundreds of optional fields
+and we read only a few (extender/convert.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+
+Obj = dict[str, Any]
+
+
+class ExtenderArgs(msgspec.Struct):
+    """Filter and prioritize request. `Nodes` when nodeCacheCapable is false, else `NodeNames`."""
+
+    Pod: Obj
+    Nodes: Obj | None = None
+    NodeNames: list[str] | None = None
+
+
+class ExtenderFilterResult(msgspec.Struct, omit_defaults=False):
+    Nodes: Obj | None = None
+    NodeNames: list[str] | None = None
+    FailedNodes: dict[str, str] = {}
+    FailedAndUnresolvableNodes: dict[str, str] = {}
+    Error: str = ""
+
+
+class HostPriority(msgspec.Struct):
+    Host: str
+    Score: int
+
+
+class ExtenderBindingArgs(msgspec.Struct):
+    PodName: str
+    PodNamespace: str
+    PodUID: str
+    Node: str
+
+
+class ExtenderBindingResult(msgspec.Struct, omit_defaults=False):
+    Error: str = ""
+
+
+class MetaPod(msgspec.Struct):
+    UID: str
+
+
+class MetaVictims(msgspec.Struct):
+    Pods: list[MetaPod] | None = None
+    NumPDBViolations: int = 0
+
+
+class Victims(msgspec.Struct):
+    Pods: list[Obj] | None = None
+    NumPDBViolations: int = 0
+
+
+class ExtenderPreemptionArgs(msgspec.Struct):
+    Pod: Obj
+    NodeNameToVictims: dict[str, Victims | None] | None = None
+    NodeNameToMetaVictims: dict[str, MetaVictims | None] | None = None
+
+
+class ExtenderPreemptionResult(msgspec.Struct, omit_defaults=False):
+    NodeNameToMetaVictims: dict[str, MetaVictims] = {}
+
+
+class WireError(ValueError):
+    """A request body that is not what kube-scheduler sends; the message says what is wrong."""
+
+
+T = TypeVar("T")
+_decoders: dict[type, msgspec.json.Decoder] = {}
+_encoder = msgspec.json.Encoder()
+
+
+def decode(body: bytes, kind: type[T]) -> T:
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise WireError(f"{kind.__name__}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise WireError(f"{kind.__name__}: body is not JSON ({exc})") from None
+
+
+def encode(value: Any) -> bytes:
+    return _encoder.encode(value)
