@@ -76,7 +76,12 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
     def timed(verb: str, handler: Callable[[bytes], bytes]) -> Callable:
         async def route(request: Request) -> Response:
             started = time.perf_counter()
-            body = handler(await request.body())
+            try:
+                body = handler(await request.body())
+            except Exception as exc:  # the scheduler must get an answer it can log, never a 500
+                log.exception("%s: internal error", verb)
+                metrics.bad_requests.labels(verb).inc()
+                body = _failure(verb, f"gpu-extender: internal error: {type(exc).__name__}: {exc}")
             metrics.latency.labels(verb).observe(time.perf_counter() - started)
             return Response(body, media_type=JSON)
 
@@ -90,7 +95,7 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
         except (wire.WireError, convert.BadObject) as exc:
             metrics.bad_requests.labels("filter").inc()
             log.warning("filter: %s", exc)
-            return wire.encode(wire.ExtenderFilterResult(Error=f"gpu-extender: {exc}"))
+            return _failure("filter", f"gpu-extender: {exc}")
         ranked = policy.rank(decision.breakdowns.values())
         decider.remember(decision, ranked)
         passed = [n for n, d in decision.breakdowns.items() if d.feasible]
@@ -117,7 +122,7 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
         except (wire.WireError, convert.BadObject) as exc:
             metrics.bad_requests.labels("prioritize").inc()
             log.warning("prioritize: %s (answering no scores)", exc)
-            return wire.encode([])
+            return _failure("prioritize", str(exc))
         ranked = policy.rank(decision.breakdowns.values())
         decider.remember(decision, ranked)
         scores = {d.node: d.score for d in ranked}
@@ -129,7 +134,7 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
         except wire.WireError as exc:
             metrics.bad_requests.labels("bind").inc()
             log.warning("bind: %s", exc)
-            return wire.encode(wire.ExtenderBindingResult(Error=f"gpu-extender: {exc}"))
+            return _failure("bind", f"gpu-extender: {exc}")
         error = _bind(view, decider, binder, bind_lock, args)
         if error:
             metrics.bind_failures.inc()
@@ -143,7 +148,7 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
         except (wire.WireError, convert.BadObject) as exc:
             metrics.bad_requests.labels("preempt").inc()
             log.warning("preempt: %s (answering no candidates)", exc)
-            return wire.encode(wire.ExtenderPreemptionResult())
+            return _failure("preempt", str(exc))
         candidates: dict[str, list[str]] = {}
         for node, meta in (args.NodeNameToMetaVictims or {}).items():
             candidates[node] = [p.UID for p in (meta.Pods if meta and meta.Pods else [])]
@@ -182,6 +187,17 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
         return Response(wire.encode(doc), media_type=JSON)
 
     return app
+
+
+def _failure(verb: str, message: str) -> bytes:
+    """The answer for a request that could not be handled: an Error where the type has one."""
+    if verb == "filter":
+        return wire.encode(wire.ExtenderFilterResult(Error=message))
+    if verb == "bind":
+        return wire.encode(wire.ExtenderBindingResult(Error=message))
+    if verb == "prioritize":
+        return wire.encode([])
+    return wire.encode(wire.ExtenderPreemptionResult())
 
 
 def _candidates(args: wire.ExtenderArgs) -> tuple[list[str], dict[str, dict] | None]:

@@ -84,6 +84,22 @@ def _container_gpus(container: Mapping[str, Any], pod: Mapping[str, Any]) -> dic
 
 def pod_request(pod: Mapping[str, Any], config: PolicyConfig) -> PodRequest:
     """The GPU request of a pod; raises BadObject when it asks for no GPU or is malformed."""
+    try:
+        return _pod_request(pod, config)
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:
+        if isinstance(exc, BadObject):
+            raise
+        raise BadObject(f"pod {_safe_name(pod)} is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _safe_name(pod: Any) -> str:
+    try:
+        return name_of(pod)
+    except (AttributeError, TypeError):
+        return "<unnamed>"
+
+
+def _pod_request(pod: Mapping[str, Any], config: PolicyConfig) -> PodRequest:
     if not isinstance(pod, Mapping) or pod.get("kind", "Pod") != "Pod":
         kind = pod.get("kind") if isinstance(pod, Mapping) else type(pod).__name__
         raise BadObject(f"expected a Pod, got {kind}")

@@ -40,12 +40,13 @@ def victims_for(
             return policy.score_node(node, request, spread, view.samples, view.now(), config).feasible
 
         victims: list[str] = []
-        for uid in acceptable:
-            victims.append(uid)
-            if fits(victims):
-                break
-        else:
-            continue
+        if not fits(victims):
+            for uid in acceptable:
+                victims.append(uid)
+                if fits(victims):
+                    break
+            else:
+                continue
         for uid in sorted(victims, key=lambda u: -_priority(pods[u])):
             rest = [v for v in victims if v != uid]
             if fits(rest):
