@@ -10,6 +10,7 @@ from typing import Any
 
 from scoring.model import ANNOTATION_PREFIX, GpuNode, MigSlot, Plan
 
+PREFIX = f"{ANNOTATION_PREFIX}/"
 # Pod, set by the user
 CLASS = f"{ANNOTATION_PREFIX}/class"  # latency-critical | batch
 MODEL = f"{ANNOTATION_PREFIX}/model"  # model id, matched against node model caches

@@ -82,8 +82,9 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
                 log.exception("%s: internal error", verb)
                 metrics.bad_requests.labels(verb).inc()
                 body = _failure(verb, f"gpu-extender: internal error: {type(exc).__name__}: {exc}")
-            metrics.latency.labels(verb).observe(time.perf_counter() - started)
-            return Response(body, media_type=JSON)
+            elapsed = time.perf_counter() - started
+            metrics.latency.labels(verb).observe(elapsed)
+            return Response(body, media_type=JSON, headers={"Server-Timing": f"app;dur={elapsed * 1000:.3f}"})
 
         return route
 
@@ -96,17 +97,21 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
             metrics.bad_requests.labels("filter").inc()
             log.warning("filter: %s", exc)
             return _failure("filter", f"gpu-extender: {exc}")
-        ranked = policy.rank(decision.breakdowns.values())
-        decider.remember(decision, ranked)
-        passed = [n for n, d in decision.breakdowns.items() if d.feasible]
-        failed = {n: d.reason for n, d in decision.breakdowns.items() if not d.feasible and not d.unresolvable}
-        failed |= {n: "node unknown to gpu-extender" for n in decision.unknown}
-        unresolvable = {n: d.reason for n, d in decision.breakdowns.items() if d.unresolvable}
+        decider.remember(decision)
+        passed: list[str] = []
+        failed = {n: "node unknown to gpu-extender" for n in decision.unknown}
+        unresolvable: dict[str, str] = {}
+        for name, d in decision.breakdowns.items():
+            if d.feasible:
+                passed.append(name)
+            elif d.unresolvable:
+                unresolvable[name] = d.reason
+            else:
+                failed[name] = d.reason
         outcome = "feasible" if passed else "unschedulable"
         metrics.decisions.labels(decision.request.workload_class.value, outcome).inc()
-        log.info("filter %s (%s): %d of %d nodes fit%s", decision.request.key,
-                 decision.request.workload_class.value, len(passed), len(names),
-                 f", best {ranked[0].node}" if passed else "")
+        log.info("filter %s (%s): %d of %d nodes fit", decision.request.key,
+                 decision.request.workload_class.value, len(passed), len(names))
         if args.Nodes is not None:
             kept = [sent[n] for n in passed] if sent else []
             return wire.encode(wire.ExtenderFilterResult(
@@ -123,9 +128,8 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
             metrics.bad_requests.labels("prioritize").inc()
             log.warning("prioritize: %s (answering no scores)", exc)
             return _failure("prioritize", str(exc))
-        ranked = policy.rank(decision.breakdowns.values())
-        decider.remember(decision, ranked)
-        scores = {d.node: d.score for d in ranked}
+        decider.remember(decision)
+        scores = policy.scheduler_scores(decision.breakdowns.values())
         return wire.encode([wire.HostPriority(name, scores.get(name, 0)) for name in names])
 
     def bind(body: bytes) -> bytes:

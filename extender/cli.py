@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import ssl
 import sys
@@ -79,6 +80,8 @@ def serve(
     except (snapshot.FileError, dcgm.MetricsError) as exc:
         raise fail(str(exc)) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    gc.collect()
+    gc.freeze()  # the loaded cluster is long-lived: keep it out of every later collection
     tls = {}
     if tls_cert and tls_key:
         tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)}

@@ -2,7 +2,7 @@
 
 Fed by a snapshot file or by Kubernetes watches. A node's scoring model (`GpuNode`) is rebuilt
 when the node, a pod on it or an assumed plan changes, or when its agent data ages out, never per
-request; each rebuild bumps the node's revision so cached decisions know they are stale.
+request; each rebuild is logged (`changes_since`) so cached decisions know which nodes are stale.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from scoring.locality import ModelSpread
 from scoring.model import GpuNode, GpuSample, Plan
 
 Obj = Mapping[str, Any]
+CHANGES_KEPT = 100_000
 
 
 def pod_key(pod: Obj) -> str:
@@ -40,8 +41,10 @@ class ClusterView:
         self._pods: dict[str, Obj] = {}
         self._pods_on: dict[str, dict[str, Obj]] = defaultdict(dict)
         self._assumed: dict[str, tuple[str, Obj]] = {}
-        self._built: dict[str, tuple[GpuNode, int, float]] = {}  # name -> (node, revision, expires)
-        self._revisions = 0
+        self._built: dict[str, tuple[GpuNode, float]] = {}  # name -> (node, agent data expiry)
+        self._next_expiry = float("inf")
+        self._changes: list[str] = []  # names of rebuilt nodes, oldest first
+        self._changes_base = 0  # sequence number of _changes[0]
         self._models: dict[str, dict[str, int]] = defaultdict(dict)  # model -> node -> bytes cached
         self._gpu_nodes: set[str] = set()
         self.samples: Mapping[str, GpuSample] = {}
@@ -82,7 +85,7 @@ class ClusterView:
     def replace_all(self, nodes: Iterable[Obj], pods: Iterable[Obj]) -> None:
         """Start over from a full list (a snapshot, or a re-list after the watch fell behind)."""
         with self._lock:
-            self._raw_nodes = {(n.get("metadata") or {}).get("name", ""): n for n in nodes}
+            self._raw_nodes = {(n.get("metadata") or {}).get("name", ""): convert.slim_node(n) for n in nodes}
             self._pods.clear()
             self._pods_on.clear()
             for pod in pods:
@@ -97,7 +100,7 @@ class ClusterView:
     def upsert_node(self, node: Obj) -> None:
         name = (node.get("metadata") or {}).get("name", "")
         with self._lock:
-            self._raw_nodes[name] = node
+            self._raw_nodes[name] = convert.slim_node(node)
             self._rebuild(name)
 
     def remove_node(self, name: str) -> None:
@@ -125,7 +128,7 @@ class ClusterView:
     def assume(self, pod: Obj, node_name: str, plan: Plan) -> None:
         """Count `plan` as held on `node_name` until the watch shows the pod bound (or `forget`)."""
         with self._lock:
-            entry = self._node_entry(node_name)
+            entry = self._built.get(node_name)
             node = entry[0] if entry else None
             held = copy.deepcopy(dict(pod))
             held.setdefault("spec", {})["nodeName"] = node_name
@@ -147,15 +150,25 @@ class ClusterView:
 
     # --- reads -----------------------------------------------------------------------------
 
-    def node(self, name: str) -> tuple[GpuNode, int] | None:
-        """The node's model and revision, rebuilt if anything it depends on changed."""
+    def node(self, name: str) -> GpuNode | None:
         with self._lock:
-            built = self._node_entry(name)
-            return None if built is None else (built[0], built[1])
+            entry = self._built.get(name)
+            return entry[0] if entry else None
 
     def nodes(self) -> list[GpuNode]:
         with self._lock:
-            return [entry[0] for name in list(self._raw_nodes) if (entry := self._node_entry(name))]
+            return [entry[0] for entry in self._built.values()]
+
+    def changes_since(self, seq: int) -> tuple[int, list[str] | None]:
+        """(current sequence, names of nodes rebuilt since `seq`), after rebuilding nodes whose
+        agent data has aged out. None instead of names when `seq` is older than the log."""
+        with self._lock:
+            if self.now() >= self._next_expiry:
+                self._expire()
+            end = self._changes_base + len(self._changes)
+            if seq < self._changes_base:
+                return end, None
+            return end, self._changes[seq - self._changes_base:]
 
     def node_without(self, name: str, pod_keys: Iterable[str]) -> GpuNode | None:
         """The node as it would be with the given pods gone (for preemption)."""
@@ -177,18 +190,23 @@ class ClusterView:
             largest = max(holders.values(), default=0)
             return ModelSpread(stated_size or largest, len(holders), len(self._gpu_nodes))
 
-    def _node_entry(self, name: str) -> tuple[GpuNode, int, float] | None:
-        entry = self._built.get(name)
-        if entry is not None and self.now() >= entry[2]:
-            entry = self._rebuild(name)
-        return entry
+    def _expire(self) -> None:
+        now = self.now()
+        for name in [n for n, (_, expires) in self._built.items() if expires <= now]:
+            self._rebuild(name)
+        self._next_expiry = min((expires for _, expires in self._built.values()), default=float("inf"))
 
-    def _rebuild(self, name: str) -> tuple[GpuNode, int, float] | None:
+    def _rebuild(self, name: str) -> GpuNode | None:
         old = self._built.pop(name, None)
         if old is not None:
             for model in old[0].model_cache:
                 self._models[model].pop(name, None)
         self._gpu_nodes.discard(name)
+        self._changes.append(name)
+        if len(self._changes) > CHANGES_KEPT:
+            drop = len(self._changes) // 2
+            del self._changes[:drop]
+            self._changes_base += drop
         raw = self._raw_nodes.get(name)
         if raw is None:
             return None
@@ -196,15 +214,16 @@ class ClusterView:
         node = convert.gpu_node(raw, self._holders(name, set()), now, self.config)
         beat = convert.heartbeat(raw)
         expires = beat + self.config.agent.max_age_seconds if beat and node.gpus else float("inf")
-        self._revisions += 1
-        entry = (node, self._revisions, expires)
-        self._built[name] = entry
+        if expires <= now:
+            expires = float("inf")  # already degraded: nothing more to age out
+        self._built[name] = (node, expires)
+        self._next_expiry = min(self._next_expiry, expires)
         for model, size in node.model_cache.items():
             if size > 0:
                 self._models[model][name] = size
         if node.allocatable or node.gpus:
             self._gpu_nodes.add(name)
-        return entry
+        return node
 
     def _holders(self, name: str, excluded: set[str]) -> list[Obj]:
         """Pods bound to the node plus plans assumed onto it, less `excluded` keys."""
@@ -219,6 +238,7 @@ class ClusterView:
     def _store_pod(self, pod: Obj) -> set[str]:
         """Record a pod; returns the nodes whose model it changes."""
         key = pod_key(pod)
+        pod = convert.slim_pod(pod)
         self._pods[key] = pod
         touched = set()
         node_name = (pod.get("spec") or {}).get("nodeName")

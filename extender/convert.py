@@ -148,6 +148,40 @@ def _model_size(pod: Mapping[str, Any], value: str | None) -> int | None:
     return size if size > 0 else None
 
 
+def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a Pod that gpu-extender reads, to keep tens of thousands of them in memory."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    notes = meta.get("annotations") or {}
+    ours = {k: v for k, v in notes.items() if k.startswith(ann.PREFIX)} if isinstance(notes, dict) else {}
+    slim_spec = {k: spec[k] for k in ("nodeName", "priority", "priorityClassName", "schedulerName") if k in spec}
+    for key in ("containers", "initContainers"):
+        if spec.get(key):
+            slim_spec[key] = [
+                {"name": c.get("name"), "resources": c.get("resources") or {}} for c in spec[key] if isinstance(c, dict)
+            ]
+    return {
+        "kind": "Pod",
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta} | {"annotations": ours},
+        "spec": slim_spec,
+        "status": {"phase": (pod.get("status") or {}).get("phase")},
+    }
+
+
+def slim_node(node: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a Node that gpu-extender reads."""
+    meta = node.get("metadata") or {}
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    return {
+        "kind": "Node",
+        "metadata": {"name": meta.get("name"), "labels": meta.get("labels") or {},
+                     "annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
+                                     if k.startswith(ann.PREFIX)}},
+        "status": {"allocatable": {k: v for k, v in allocatable.items()
+                                   if k == GPU_RESOURCE or mig_profile(k) is not None}},
+    }
+
+
 def holds_resources(pod: Mapping[str, Any]) -> bool:
     """Bound and not finished: the pod's devices are taken."""
     return bool((pod.get("spec") or {}).get("nodeName")) and (

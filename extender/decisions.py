@@ -1,9 +1,10 @@
-"""Decider: a pod's breakdown on each candidate node, cached between watch events.
+"""Decider: a pod's breakdown on each candidate node, kept between requests until a node changes.
 
-A breakdown depends on the pod's request shape, the node's model (its revision in ClusterView),
-the DCGM samples (their revision, and the moment the node's freshest sample ages past the TTL)
-and the model's spread. Filter and prioritize for the same pod, and later pods of the same shape,
-recompute only nodes that changed: the request path stays O(candidate nodes) dictionary look-ups.
+A breakdown depends on the pod's request shape, the node's model, the DCGM samples, the time at
+which the node's freshest sample ages past the TTL, and the model's spread. For each request shape
+the Decider keeps the breakdowns it computed and drops those of nodes ClusterView reports rebuilt
+(`changes_since`), and all of them when the samples or the spread change or a sample ages out. The
+request path is then one dictionary look-up per candidate node; only changed nodes are scored.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from extender import convert
@@ -19,7 +20,7 @@ from extender.cluster import ClusterView
 from extender.report import report
 from scoring import policy
 from scoring.locality import ModelSpread
-from scoring.model import GpuNode, PodRequest, ScoreBreakdown
+from scoring.model import GpuNode, GpuSample, PodRequest, ScoreBreakdown
 
 SHAPES_KEPT = 256
 EXPLAINED_KEPT = 2048
@@ -32,11 +33,20 @@ class Decision:
     unknown: tuple[str, ...]  # candidates the view does not know
 
 
+@dataclass
+class _ShapeCache:
+    seq: int = 0
+    samples_revision: int = -1
+    spread: ModelSpread | None = None
+    until: float = float("inf")
+    results: dict[str, ScoreBreakdown] = field(default_factory=dict)
+
+
 class Decider:
     def __init__(self, view: ClusterView):
         self.view = view
-        self._cache: OrderedDict[tuple, dict[str, tuple[tuple, ScoreBreakdown]]] = OrderedDict()
-        self._explained: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._shapes: OrderedDict[tuple, _ShapeCache] = OrderedDict()
+        self._explained: OrderedDict[str, Decision] = OrderedDict()
         self._lock = threading.Lock()
 
     def request(self, pod: Mapping[str, Any]) -> PodRequest:
@@ -50,65 +60,75 @@ class Decider:
         request = self.request(pod)
         view = self.view
         config = view.config
-        now = view.now()
         spread = view.model_spread(request.model, request.model_size) if request.model else ModelSpread(0, 0, 0)
         shape = (
             request.workload_class, request.gpus, tuple(sorted(request.mig.items())),
             request.model, request.model_size, request.model_required,
         )
         with self._lock:
-            cached = self._cache.get(shape)
-            if cached is None:
-                cached = self._cache[shape] = {}
-                if len(self._cache) > SHAPES_KEPT:
-                    self._cache.popitem(last=False)
+            now = view.now()
+            samples, samples_revision = view.samples, view.samples_revision
+            cache = self._shape(shape)
+            seq, changed = view.changes_since(cache.seq)
+            if (changed is None or cache.samples_revision != samples_revision or cache.spread != spread
+                    or now >= cache.until):
+                cache.results.clear()
+                cache.until = float("inf")
             else:
-                self._cache.move_to_end(shape)
-        samples, samples_rev = view.samples, view.samples_revision
-        breakdowns: dict[str, ScoreBreakdown] = {}
-        unknown = []
-        for name in names:
-            entry = view.node(name)
-            if entry is None:
-                if sent and name in sent:
-                    node = convert.gpu_node(sent[name], [], now, config)
-                    breakdowns[name] = policy.score_node(node, request, spread, samples, now, config)
-                else:
-                    unknown.append(name)
-                continue
-            node, revision = entry
-            hit = cached.get(name)
-            if hit is not None:
-                key, breakdown = hit
-                if key[0] == revision and key[1] == samples_rev and key[2] == spread and now < key[3]:
-                    breakdowns[name] = breakdown
-                    continue
-            breakdown = policy.score_node(node, request, spread, samples, now, config)
-            cached[name] = ((revision, samples_rev, spread, _fresh_until(node, samples, config.utilization.ttl_seconds, now)), breakdown)
-            breakdowns[name] = breakdown
+                for name in changed:
+                    cache.results.pop(name, None)
+            cache.seq, cache.samples_revision, cache.spread = seq, samples_revision, spread
+            results = cache.results
+            breakdowns: dict[str, ScoreBreakdown] = {}
+            unknown = []
+            for name in names:
+                breakdown = results.get(name)
+                if breakdown is None:
+                    node = view.node(name)
+                    if node is None:
+                        if sent and name in sent:
+                            node = convert.gpu_node(sent[name], [], now, config)
+                            breakdowns[name] = policy.score_node(node, request, spread, samples, now, config)
+                        else:
+                            unknown.append(name)
+                        continue
+                    breakdown = results[name] = policy.score_node(node, request, spread, samples, now, config)
+                    cache.until = min(cache.until, _fresh_until(node, samples, config.utilization.ttl_seconds, now))
+                breakdowns[name] = breakdown
         return Decision(request, breakdowns, tuple(unknown))
 
-    def remember(self, decision: Decision, ranked: Sequence[ScoreBreakdown]) -> None:
-        """Keep the pod's latest decision for /explain."""
-        nodes = {}
-        for d in ranked:
-            entry = self.view.node(d.node)
-            if entry is not None:
-                nodes[d.node] = entry[0]
-        doc = report(decision.request, ranked, nodes)
-        doc["unknownNodes"] = list(decision.unknown)
+    def _shape(self, shape: tuple) -> _ShapeCache:
+        cache = self._shapes.get(shape)
+        if cache is None:
+            cache = self._shapes[shape] = _ShapeCache()
+            if len(self._shapes) > SHAPES_KEPT:
+                self._shapes.popitem(last=False)
+        else:
+            self._shapes.move_to_end(shape)
+        return cache
+
+    def remember(self, decision: Decision) -> None:
+        """Keep the pod's latest decision for /explain (rendered only when asked for)."""
+        key = decision.request.key
         with self._lock:
-            self._explained[decision.request.key] = doc
-            self._explained.move_to_end(decision.request.key)
+            self._explained[key] = decision
+            self._explained.move_to_end(key)
             if len(self._explained) > EXPLAINED_KEPT:
                 self._explained.popitem(last=False)
 
     def explain(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
-            return self._explained.get(f"{namespace}/{name}")
+            decision = self._explained.get(f"{namespace}/{name}")
+        if decision is None:
+            return None
+        ranked = policy.rank(decision.breakdowns.values())
+        nodes = {d.node: node for d in ranked if (node := self.view.node(d.node)) is not None}
+        doc = report(decision.request, ranked, nodes)
+        doc["unknownNodes"] = list(decision.unknown)
+        return doc
 
 
-def _fresh_until(node: GpuNode, samples: Mapping, ttl: float, now: float) -> float:
+def _fresh_until(node: GpuNode, samples: Mapping[str, GpuSample], ttl: float, now: float) -> float:
     """When the first of the node's fresh DCGM samples ages past the TTL (its score changes then)."""
     times = [s.at + ttl for gpu in node.gpus if (s := samples.get(gpu.uuid)) is not None and s.at + ttl >= now]
     return min(times, default=float("inf"))

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from scoring.model import GpuNode, PodRequest, SignalResult
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LocalityArgs:
     spread_floor: float = 0.5
     required_fraction: float = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ModelSpread:
     """Cluster-wide facts about one model, computed once per pod."""
 

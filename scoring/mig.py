@@ -25,6 +25,7 @@ With no (legal) layout the plan names no instance and the score is neutral (0.5)
 from __future__ import annotations
 
 from collections import Counter
+from functools import lru_cache
 from collections.abc import Mapping
 
 from scoring.mig_catalog import COMPUTE_SLICES, MAX_INSTANCES, MEMORY_SLICES, Profile, profiles_for
@@ -76,10 +77,33 @@ def evaluate(node: GpuNode, request: PodRequest) -> SignalResult:
                 f"needs {count}x {label}, {max(free, 0)} of {allocatable} free",
                 unresolvable=allocatable < count,
             )
-    layout = _layout(node)
-    if isinstance(layout, str):
-        return SignalResult(True, NEUTRAL, f"{_summary(wants)} free by allocatable; {layout}")
-    return _best_fit(node, wants, layout)
+    if node.mig_layout is None:
+        return SignalResult(True, NEUTRAL, f"{_summary(wants)} free by allocatable; MIG layout unknown")
+    models = tuple(sorted({(i.gpu, g.model if (g := node.gpu(i.gpu)) else node.product) for i in node.mig_layout}))
+    busy = frozenset((slot.gpu, slot.start) for slot in node.usage.mig)
+    planned = _plan(node.mig_layout, models, busy, tuple(sorted(wants.items())))
+    if isinstance(planned, str):
+        return SignalResult(True, NEUTRAL, f"{_summary(wants)} free by allocatable; {planned}")
+    slots, score, notes = planned
+    unplanned = sum(node.usage.unplanned.get(resource_for(node, p), 0) for p in wants)
+    if unplanned:
+        notes += f"; {unplanned} held by pods without a plan, so the plan is tentative"
+    return SignalResult(True, score, notes, Plan(mig=slots))
+
+
+@lru_cache(maxsize=65_536)
+def _plan(
+    layout: tuple[MigInstance, ...],
+    models: tuple[tuple[int, str], ...],
+    busy: frozenset[tuple[int, int]],
+    wants: tuple[tuple[str, int], ...],
+) -> tuple[tuple[MigSlot, ...], float, str] | str:
+    """Best-fit slots, score and reason, or why the layout cannot be used. A pure function of its
+    arguments, memoised: nodes with the same layout and the same instances held share the answer."""
+    gpus = _layout(layout, dict(models), busy)
+    if isinstance(gpus, str):
+        return gpus
+    return _best_fit(dict(wants), gpus)
 
 
 class _Gpu:
@@ -117,34 +141,32 @@ class _Gpu:
         return next((p for p in self.order if self.creatable(p, busy) > 0), None)
 
 
-def _layout(node: GpuNode) -> dict[int, _Gpu] | str:
-    """The node's MIG GPUs with idle/busy instances, or why the layout cannot be used."""
-    if node.mig_layout is None:
-        return "MIG layout unknown"
+def _layout(
+    layout: tuple[MigInstance, ...], models: Mapping[int, str], busy: frozenset[tuple[int, int]]
+) -> dict[int, _Gpu] | str:
+    """The MIG GPUs with idle/busy instances, or why the layout cannot be used."""
     gpus: dict[int, _Gpu] = {}
-    for inst in node.mig_layout:
-        gpu = node.gpu(inst.gpu)
-        catalog = profiles_for(gpu.model if gpu else node.product)
+    for inst in layout:
+        catalog = profiles_for(models[inst.gpu])
         if catalog is None:
-            return f"no MIG geometry known for {(gpu.model if gpu else node.product) or 'this GPU'}"
+            return f"no MIG geometry known for {models[inst.gpu] or 'this GPU'}"
         profile = catalog.get(inst.profile)
         if profile is None or inst.start not in profile.starts or inst.size != profile.mem_slices:
             return f"layout has an illegal instance {inst.profile}@{inst.start} on GPU {inst.gpu}"
         gpus.setdefault(inst.gpu, _Gpu(inst.gpu, catalog))
     for gpu in gpus.values():
-        instances = [inst for inst in node.mig_layout if inst.gpu == gpu.index]
+        instances = [inst for inst in layout if inst.gpu == gpu.index]
         slices = [s for inst in instances for s in range(inst.start, inst.start + inst.size)]
         compute = sum(gpu.catalog[inst.profile].compute for inst in instances)
         if len(slices) != len(set(slices)) or compute > COMPUTE_SLICES or len(instances) > MAX_INSTANCES:
             return f"layout of GPU {gpu.index} has overlapping or too many instances"
-    busy = {(slot.gpu, slot.start) for slot in node.usage.mig}
-    for inst in node.mig_layout:
+    for inst in layout:
         target = gpus[inst.gpu].busy if (inst.gpu, inst.start) in busy else gpus[inst.gpu].idle
         target.append(inst)
     return gpus
 
 
-def _best_fit(node: GpuNode, wants: Mapping[str, int], gpus: dict[int, _Gpu]) -> SignalResult:
+def _best_fit(wants: Mapping[str, int], gpus: dict[int, _Gpu]) -> tuple[tuple[MigSlot, ...], float, str] | str:
     slots: list[MigSlot] = []
     notes: list[str] = []
     total_loss = 0
@@ -153,10 +175,7 @@ def _best_fit(node: GpuNode, wants: Mapping[str, int], gpus: dict[int, _Gpu]) ->
         for _ in range(wants[profile_name]):
             choice = _cheapest(gpus, profile_name)
             if choice is None:
-                return SignalResult(
-                    True, NEUTRAL,
-                    f"{_summary(wants)} free by allocatable; layout shows too few idle {profile_name}",
-                )
+                return f"layout shows too few idle {profile_name}"
             loss, gpu, inst = choice
             total_loss += loss
             gpu.idle.remove(inst)
@@ -167,11 +186,7 @@ def _best_fit(node: GpuNode, wants: Mapping[str, int], gpus: dict[int, _Gpu]) ->
                 f"{inst.profile} on GPU {inst.gpu} slice {inst.start} "
                 f"(still creatable there: {largest.name if largest else 'nothing'})"
             )
-    unplanned = sum(node.usage.unplanned.get(resource_for(node, p), 0) for p in wants)
-    if unplanned:
-        notes.append(f"{unplanned} held by pods without a plan, so the plan is tentative")
-    score = max(0.0, 1.0 - total_loss / MEMORY_SLICES)
-    return SignalResult(True, score, "; ".join(notes), Plan(mig=tuple(slots)))
+    return tuple(slots), max(0.0, 1.0 - total_loss / MEMORY_SLICES), "; ".join(notes)
 
 
 def _cheapest(gpus: dict[int, _Gpu], profile_name: str) -> tuple[int, _Gpu, MigInstance] | None:

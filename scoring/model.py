@@ -40,7 +40,7 @@ class MigStrategy(str, Enum):
     MIXED = "mixed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Gpu:
     index: int
     uuid: str
@@ -49,7 +49,7 @@ class Gpu:
     mig_enabled: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MigInstance:
     """A GPU instance that exists on a MIG-enabled GPU: `size` memory slices from `start`."""
 
@@ -59,7 +59,7 @@ class MigInstance:
     size: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MigSlot:
     """One MIG instance of a plan, named by its GPU and placement."""
 
@@ -68,7 +68,7 @@ class MigSlot:
     start: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     """The devices a pod would get on a node: whole GPU indices and MIG instances."""
 
@@ -79,7 +79,7 @@ class Plan:
         return Plan(self.gpus + other.gpus, self.mig + other.mig)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Usage:
     """What pods on a node already hold.
 
@@ -92,7 +92,7 @@ class Usage:
     unplanned: Mapping[str, int] = field(default_factory=dict)  # resource name -> count
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GpuNode:
     """A node as the scorer sees it.
 
@@ -124,7 +124,7 @@ class GpuNode:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodRequest:
     """The GPU part of a pod: whole GPUs, MIG instances by profile, class and model."""
 
@@ -144,7 +144,7 @@ class PodRequest:
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GpuSample:
     """Live figures for one physical GPU at time `at` (seconds since the epoch).
 
@@ -158,7 +158,7 @@ class GpuSample:
     at: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SignalResult:
     """What one signal says about one node for one pod.
 
@@ -186,7 +186,7 @@ class SignalResult:
 SIGNALS = ("mig", "topology", "locality", "utilization")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScoreBreakdown:
     """The decision for one node: per-signal results, combined score and the scheduler's integer."""
 

@@ -128,26 +128,38 @@ def score_node(
         if result.applicable:
             num += getattr(weights, name) * result.score
             den += getattr(weights, name)
-    total = num / den if den else 0.0
+    total = round(num / den, 6) if den else 0.0  # rounded: float noise must not reorder nodes
     reasons = [f"{name}: {s.reason}" for name, s in signals.items() if s.applicable]
     reasons.append(alloc_reason)
     return ScoreBreakdown(node.name, True, False, total, signals, plan, "; ".join(reasons))
 
 
-def rank(decisions: Iterable[ScoreBreakdown]) -> list[ScoreBreakdown]:
-    """Assign the scheduler's 0..10 integers and sort best first."""
-    decisions = list(decisions)
-    totals = [round(d.total, 6) for d in decisions if d.feasible]
-    low, high = (min(totals), max(totals)) if totals else (0.0, 0.0)
-
-    def integer(d: ScoreBreakdown) -> int:
-        if not d.feasible:
-            return 0
+def scheduler_scores(decisions: Iterable[ScoreBreakdown]) -> dict[str, int]:
+    """The scheduler's 0..10 integer per node (see the module docstring)."""
+    scores: dict[str, int] = {}
+    totals: list[tuple[str, float]] = []
+    for d in decisions:
+        if d.feasible:
+            totals.append((d.node, d.total))
+        else:
+            scores[d.node] = 0
+    if totals:
+        values = [t for _, t in totals]
+        low, high = min(values), max(values)
         if high <= low:
-            return 10
-        return 1 + round(9 * (round(d.total, 6) - low) / (high - low))
+            scores.update(dict.fromkeys((node for node, _ in totals), 10))
+        else:
+            scale = 9 / (high - low)
+            for node, total in totals:
+                scores[node] = 1 + round((total - low) * scale)
+    return scores
 
-    scored = [replace(d, score=integer(d)) for d in decisions]
+
+def rank(decisions: Iterable[ScoreBreakdown]) -> list[ScoreBreakdown]:
+    """The decisions with their integers, best first."""
+    decisions = list(decisions)
+    scores = scheduler_scores(decisions)
+    scored = [replace(d, score=scores[d.node]) for d in decisions]
     return sorted(scored, key=lambda d: (not d.feasible, -d.score, -d.total, d.node))
 
 

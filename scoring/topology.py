@@ -26,12 +26,14 @@ devices, which have no peer-to-peer: a pod asking for several of them scores 0 h
 from __future__ import annotations
 
 from itertools import combinations
+from functools import lru_cache
 from math import comb
 
 import networkx as nx
 
 from scoring.model import GPU_RESOURCE, NEUTRAL, GpuNode, MigStrategy, Plan, PodRequest, SignalResult
 
+Matrix = tuple[tuple[int, ...], ...]
 PCIE_LEVELS = (0, 10, 20, 30, 40, 50)  # NVML: internal, PIX, PXB, PHB, NODE, SYS
 _PCIE_NAMES = {0: "same board", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}
 MAX_CANDIDATE_SETS = 20_000
@@ -67,15 +69,29 @@ def evaluate(node: GpuNode, request: PodRequest) -> SignalResult:
     free = [g.index for g in node.gpus if not g.mig_enabled and g.index not in node.usage.gpus]
     if len(free) < k:
         return _neutral(k, "topology data disagrees with allocatable; free by allocatable")
-    chosen = best_set(node, free, k)
-    if chosen is None:
+    choice = _choose(node.nvlink, node.pcie, tuple(free), k)
+    if choice is None:
         return _neutral(k, f"too many GPU sets to compare ({len(free)} free)")
+    chosen, score, reason = choice
     tentative = f"; {unplanned} held by pods without a plan, so the plan is tentative" if unplanned else ""
     plan = Plan(gpus=chosen)
     if k == 1:
         return SignalResult(True, NEUTRAL, f"GPU {chosen[0]}{tentative}", plan, applicable=False)
-    score, reason = _score(node, chosen)
     return SignalResult(True, score, reason + tentative, plan)
+
+
+@lru_cache(maxsize=65_536)
+def _choose(nvlink: Matrix, pcie: Matrix | None, free: tuple[int, ...], k: int) -> tuple[tuple[int, ...], float, str] | None:
+    """Best set, its score and reason. A pure function of its arguments, memoised: nodes of one
+    hardware shape with the same free GPUs share the answer."""
+    node = GpuNode(name="", nvlink=nvlink, pcie=pcie)
+    chosen = best_set(node, list(free), k)
+    if chosen is None:
+        return None
+    if k == 1:
+        return chosen, NEUTRAL, ""
+    score, reason = _score(node, chosen)
+    return chosen, score, reason
 
 
 def _neutral(k: int, reason: str) -> SignalResult:

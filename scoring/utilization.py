@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from scoring.model import NEUTRAL, GpuNode, GpuSample, Plan, SignalResult
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UtilizationArgs:
     ttl_seconds: float = 90.0
 
