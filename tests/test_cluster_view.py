@@ -1,0 +1,104 @@
+"""ClusterView's incremental updates and the Decider's cache stay equal to a fresh evaluation."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from extender import annotations as ann
+from extender import convert, snapshot
+from extender.cluster import ClusterView
+from extender.decisions import Decider
+from scoring import policy
+from scoring.config import PolicyConfig
+from scoring.model import GpuSample, Plan
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CONFIG = PolicyConfig()
+TP4 = snapshot.read_document(EXAMPLES / "pods" / "llama70b-tp4-latency-critical.yaml")
+
+
+@pytest.fixture()
+def view() -> ClusterView:
+    return ClusterView.from_snapshot(EXAMPLES / "cluster.yaml", sorted((EXAMPLES / "metrics").glob("*.prom")), CONFIG)
+
+
+def fresh(view: ClusterView, pod: dict) -> dict[str, tuple[bool, float]]:
+    """What a from-scratch evaluation says, to compare the cached answers with."""
+    request = Decider(view).request(pod)
+    decisions = policy.evaluate(view.nodes(), request, view.samples, view.now(), CONFIG)
+    return {d.node: (d.feasible, d.total) for d in decisions}
+
+
+def cached(decider: Decider, view: ClusterView, pod: dict) -> dict[str, tuple[bool, float]]:
+    decision = decider.decide(pod, [n.name for n in view.nodes()])
+    return {name: (d.feasible, d.total) for name, d in decision.breakdowns.items()}
+
+
+def bound_pod(name: str, node: str, gpus: int, plan: dict | None = None) -> dict:
+    notes = {ann.PLAN: json.dumps({"node": node, **plan})} if plan else {}
+    return {"kind": "Pod", "metadata": {"name": name, "namespace": "t", "uid": f"uid-{name}", "annotations": notes},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]},
+            "status": {"phase": "Running"}}
+
+
+def test_cached_decisions_follow_watch_events(view):
+    decider = Decider(view)
+    assert cached(decider, view, TP4) == fresh(view, TP4)
+    # A pod takes 3 of a100-nv4-01's 4 GPUs: the 4-GPU pod no longer fits there.
+    view.upsert_pod(bound_pod("squatter", "a100-nv4-01", 3, {"gpus": [0, 1, 2]}))
+    after = cached(decider, view, TP4)
+    assert after == fresh(view, TP4) and after["a100-nv4-01"][0] is False
+    view.remove_pod("uid-squatter")
+    assert cached(decider, view, TP4) == fresh(view, TP4)
+    assert cached(decider, view, TP4)["a100-nv4-01"][0] is True
+    # The model shows up in another node's cache: spread and locality change everywhere.
+    node = copy.deepcopy(next(i for i in snapshot.load_snapshot(EXAMPLES / "cluster.yaml")[0]
+                              if i["metadata"]["name"] == "h100-inf-02"))
+    node["metadata"]["annotations"][ann.MODEL_CACHE] = json.dumps({TP4["metadata"]["annotations"][ann.MODEL]: 141 * 2**30})
+    view.upsert_node(node)
+    assert cached(decider, view, TP4) == fresh(view, TP4)
+    # New DCGM figures: h100-train-01 turns hot.
+    hot = {gpu.uuid: GpuSample(0.97, 70000, 10000, view.now()) for gpu in view.node("h100-train-01").gpus}
+    view.set_samples({**view.samples, **hot})
+    assert cached(decider, view, TP4) == fresh(view, TP4)
+    view.remove_node("h100-train-01")
+    assert "h100-train-01" not in fresh(view, TP4)
+    assert decider.decide(TP4, ["h100-train-01"]).unknown == ("h100-train-01",)
+
+
+def test_assumed_plans_hold_devices_until_the_pod_is_seen_or_forgotten(view):
+    decider = Decider(view)
+    pod = bound_pod("tp4", "a100-nv4-01", 4)
+    del pod["spec"]["nodeName"]
+    view.assume(pod, "a100-nv4-01", Plan(gpus=(0, 1, 2, 3)))
+    assert view.assumed_count() == 1
+    assert view.node("a100-nv4-01").usage.gpus == frozenset({0, 1, 2, 3})
+    assert cached(decider, view, TP4)["a100-nv4-01"][0] is False
+    view.forget(pod)
+    assert view.assumed_count() == 0 and not view.node("a100-nv4-01").usage.gpus
+    # Assumed, then the watch delivers the bound pod with its plan: one holder, not two.
+    view.assume(pod, "a100-nv4-01", Plan(gpus=(0, 1, 2, 3)))
+    view.upsert_pod(bound_pod("tp4", "a100-nv4-01", 4, {"gpus": [0, 1, 2, 3]}))
+    assert view.assumed_count() == 0
+    node = view.node("a100-nv4-01")
+    assert node.usage.gpus == frozenset({0, 1, 2, 3}) and not node.usage.unplanned
+
+
+def test_agent_data_ages_out_without_any_event():
+    now = [0.0]
+    nodes, pods = snapshot.load_snapshot(EXAMPLES / "cluster.yaml")
+    beat = max(t for n in nodes if (t := convert.heartbeat(n)))
+    now[0] = beat
+    view = ClusterView(CONFIG, clock=lambda: now[0])
+    view.replace_all(nodes, pods)
+    decider = Decider(view)
+    assert view.node("a100-nv4-01").gpus
+    assert cached(decider, view, TP4)["a100-nv4-01"][1] > 0
+    now[0] = beat + CONFIG.agent.max_age_seconds + 60
+    decision = decider.decide(TP4, ["a100-nv4-01"])
+    assert not view.node("a100-nv4-01").gpus  # degraded to allocatable
+    assert "no topology data" in decision.breakdowns["a100-nv4-01"].signals["topology"].reason
