@@ -99,15 +99,15 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
             return _failure("filter", f"gpu-extender: {exc}")
         decider.remember(decision)
         passed: list[str] = []
-        failed = {n: "node unknown to gpu-extender" for n in decision.unknown}
+        failed = {n: "gpu-extender: node unknown (not synced yet?)" for n in decision.unknown}
         unresolvable: dict[str, str] = {}
         for name, d in decision.breakdowns.items():
             if d.feasible:
                 passed.append(name)
             elif d.unresolvable:
-                unresolvable[name] = d.reason
+                unresolvable[name] = f"gpu-extender: {d.summary}"
             else:
-                failed[name] = d.reason
+                failed[name] = f"gpu-extender: {d.summary}"
         outcome = "feasible" if passed else "unschedulable"
         metrics.decisions.labels(decision.request.workload_class.value, outcome).inc()
         log.info("filter %s (%s): %d of %d nodes fit", decision.request.key,

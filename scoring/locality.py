@@ -54,7 +54,9 @@ def evaluate(node: GpuNode, request: PodRequest, spread: ModelSpread, args: Loca
     fraction = min(1.0, cached / spread.size) if spread.size > 0 else 0.0
     if request.model_required and fraction < args.required_fraction:
         return SignalResult.reject(
-            f"model {request.model} required, {fraction:.0%} cached here", unresolvable=True
+            f"model {request.model} required, {fraction:.0%} cached here",
+            "required model not cached",
+            unresolvable=True,
         )
     share = spread.nodes_with / spread.gpu_nodes if spread.gpu_nodes else 0.0
     score = fraction * (args.spread_floor + (1.0 - args.spread_floor) * share)

@@ -70,11 +70,12 @@ def evaluate(node: GpuNode, request: PodRequest) -> SignalResult:
         label = profile or "MIG device"
         allocatable = node.allocatable.get(resource_for(node, profile), 0)
         if allocatable == 0:
-            return SignalResult.reject(f"node offers no {label}", unresolvable=True)
+            return SignalResult.reject(f"node offers no {label}", f"no {label} on node", unresolvable=True)
         free = allocatable - held(node, profile)
         if free < count:
             return SignalResult.reject(
                 f"needs {count}x {label}, {max(free, 0)} of {allocatable} free",
+                f"not enough free {label}",
                 unresolvable=allocatable < count,
             )
     if node.mig_layout is None:

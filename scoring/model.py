@@ -164,7 +164,8 @@ class SignalResult:
 
     `applicable` is False when the signal has nothing to say for this pod (a one-GPU pod and
     NVLink, a pod without a model and the cache); policy then leaves it out of the weighted mean.
-    `unresolvable` marks a rejection that preemption cannot fix.
+    `unresolvable` marks a rejection that preemption cannot fix; `summary` is its short form without
+    per-node figures, so that the scheduler's "0/N nodes are available" message groups nodes.
     """
 
     feasible: bool
@@ -173,14 +174,15 @@ class SignalResult:
     plan: Plan = Plan()
     applicable: bool = True
     unresolvable: bool = False
+    summary: str = ""
 
     @staticmethod
     def not_applicable(reason: str) -> SignalResult:
         return SignalResult(True, NEUTRAL, reason, applicable=False)
 
     @staticmethod
-    def reject(reason: str, *, unresolvable: bool = False) -> SignalResult:
-        return SignalResult(False, 0.0, reason, unresolvable=unresolvable)
+    def reject(reason: str, summary: str, *, unresolvable: bool = False) -> SignalResult:
+        return SignalResult(False, 0.0, reason, unresolvable=unresolvable, summary=summary)
 
 
 SIGNALS = ("mig", "topology", "locality", "utilization")
@@ -198,3 +200,4 @@ class ScoreBreakdown:
     plan: Plan
     reason: str
     score: int = 0
+    summary: str = ""  # rejections: the reason without per-node figures

@@ -91,7 +91,7 @@ def score_node(
     config: PolicyConfig,
 ) -> ScoreBreakdown:
     if not node.allocatable and not node.gpus:
-        return _rejected(node, {}, "node has no NVIDIA GPUs", unresolvable=True)
+        return _rejected(node, {}, "node has no NVIDIA GPUs", "no NVIDIA GPUs", unresolvable=True)
     signals: dict[str, SignalResult] = {
         "mig": mig.evaluate(node, request),
         "topology": topology.evaluate(node, request),
@@ -102,7 +102,8 @@ def score_node(
     failed = [s for s in signals.values() if not s.feasible]
     if failed:
         reason = "; ".join(s.reason for s in failed)
-        return _rejected(node, signals, reason, unresolvable=any(s.unresolvable for s in failed))
+        summary = "; ".join(s.summary or s.reason for s in failed)
+        return _rejected(node, signals, reason, summary, unresolvable=any(s.unresolvable for s in failed))
 
     capacity = capacity_units(node)
     held = held_units(node)
@@ -114,7 +115,8 @@ def score_node(
                 f"batch pod would leave {max(capacity - held - wanted, 0):g} of {capacity:g} GPUs free; "
                 f"{reserved:g} reserved for latency-critical pods"
             )
-            return _rejected(node, signals, reason, unresolvable=wanted > capacity - reserved + 1e-9)
+            summary = "GPUs reserved for latency-critical pods"
+            return _rejected(node, signals, reason, summary, unresolvable=wanted > capacity - reserved + 1e-9)
 
     allocation = min(1.0, (held + wanted) / capacity) if capacity else 1.0
     weights = config.weights[request.workload_class]
@@ -215,6 +217,6 @@ def _matches(node: GpuNode, selector: Mapping[str, str]) -> bool:
 
 
 def _rejected(
-    node: GpuNode, signals: Mapping[str, SignalResult], reason: str, *, unresolvable: bool
+    node: GpuNode, signals: Mapping[str, SignalResult], reason: str, summary: str, *, unresolvable: bool
 ) -> ScoreBreakdown:
-    return ScoreBreakdown(node.name, False, unresolvable, 0.0, dict(signals), Plan(), reason)
+    return ScoreBreakdown(node.name, False, unresolvable, 0.0, dict(signals), Plan(), reason, summary=summary)

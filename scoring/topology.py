@@ -56,12 +56,15 @@ def evaluate(node: GpuNode, request: PodRequest) -> SignalResult:
         return SignalResult.not_applicable("no whole-GPU request")
     allocatable = node.allocatable.get(GPU_RESOURCE, 0)
     if allocatable == 0:
-        return SignalResult.reject(f"node offers no whole GPUs ({GPU_RESOURCE})", unresolvable=True)
+        return SignalResult.reject(
+            f"node offers no whole GPUs ({GPU_RESOURCE})", "no whole GPUs on node", unresolvable=True
+        )
     unplanned = node.usage.unplanned.get(GPU_RESOURCE, 0)
     free_count = allocatable - len(node.usage.gpus) - unplanned
     if free_count < k:
         return SignalResult.reject(
             f"needs {k} GPUs, {max(free_count, 0)} of {allocatable} free",
+            "not enough free GPUs",
             unresolvable=allocatable < k,
         )
     if node.nvlink is None or not node.gpus:

@@ -163,6 +163,10 @@ def test_example_cluster_ranking_over_http(example_server):
     assert {n["node"] for n in doc["nodes"]} == set(filtered["NodeNames"])
     unknown = example_server.post("filter", {"Pod": pod, "Nodes": None, "NodeNames": ["ghost-01"]}).json()
     assert unknown["NodeNames"] == [] and "unknown" in unknown["FailedNodes"]["ghost-01"]
+    # Rejections carry short messages without per-node figures, so the scheduler's event groups them.
+    assert filtered["FailedNodes"]["t4-legacy-01"] == filtered["FailedNodes"]["a100-mig-01"] == (
+        "gpu-extender: not enough free GPUs")
+    assert filtered["FailedAndUnresolvableNodes"]["cpu-01"] == "gpu-extender: no NVIDIA GPUs"
     assert example_server.client.get("/explain/inference/llama70b-chat-0").json()["unknownNodes"] == ["ghost-01"]
     assert example_server.client.get("/explain/nobody/nothing").status_code == 404
 
