@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from extender import convert, wire
 from extender.cluster import ClusterView, pod_key
-from extender.decisions import Decider
+from extender.decisions import Decider, Decision
 from extender.preemption import victims_for
 from scoring import policy
 from scoring.model import Plan, ScoreBreakdown
@@ -78,6 +78,10 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
             started = time.perf_counter()
             try:
                 body = handler(await request.body())
+            except (wire.WireError, convert.BadObject) as exc:
+                metrics.bad_requests.labels(verb).inc()
+                log.warning("%s: %s", verb, exc)
+                body = _failure(verb, f"gpu-extender: {exc}")
             except Exception as exc:  # the scheduler must get an answer it can log, never a 500
                 log.exception("%s: internal error", verb)
                 metrics.bad_requests.labels(verb).inc()
@@ -88,16 +92,15 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
 
         return route
 
-    def filter_(body: bytes) -> bytes:
-        try:
-            args = wire.decode(body, wire.ExtenderArgs)
-            names, sent = _candidates(args)
-            decision = decider.decide(args.Pod, names, sent)
-        except (wire.WireError, convert.BadObject) as exc:
-            metrics.bad_requests.labels("filter").inc()
-            log.warning("filter: %s", exc)
-            return _failure("filter", f"gpu-extender: {exc}")
+    def decided(body: bytes) -> tuple[wire.ExtenderArgs, list[str], dict[str, dict] | None, Decision]:
+        args = wire.decode(body, wire.ExtenderArgs)
+        names, sent = _candidates(args)
+        decision = decider.decide(args.Pod, names, sent)
         decider.remember(decision)
+        return args, names, sent, decision
+
+    def filter_(body: bytes) -> bytes:
+        args, names, sent, decision = decided(body)
         passed: list[str] = []
         failed = {n: "gpu-extender: node unknown (not synced yet?)" for n in decision.unknown}
         unresolvable: dict[str, str] = {}
@@ -120,25 +123,12 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
             NodeNames=passed, FailedNodes=failed, FailedAndUnresolvableNodes=unresolvable))
 
     def prioritize(body: bytes) -> bytes:
-        try:
-            args = wire.decode(body, wire.ExtenderArgs)
-            names, sent = _candidates(args)
-            decision = decider.decide(args.Pod, names, sent)
-        except (wire.WireError, convert.BadObject) as exc:
-            metrics.bad_requests.labels("prioritize").inc()
-            log.warning("prioritize: %s (answering no scores)", exc)
-            return _failure("prioritize", str(exc))
-        decider.remember(decision)
+        _, names, _, decision = decided(body)
         scores = policy.scheduler_scores(decision.breakdowns.values())
         return wire.encode([wire.HostPriority(name, scores.get(name, 0)) for name in names])
 
     def bind(body: bytes) -> bytes:
-        try:
-            args = wire.decode(body, wire.ExtenderBindingArgs)
-        except wire.WireError as exc:
-            metrics.bad_requests.labels("bind").inc()
-            log.warning("bind: %s", exc)
-            return _failure("bind", f"gpu-extender: {exc}")
+        args = wire.decode(body, wire.ExtenderBindingArgs)
         error = _bind(view, decider, binder, bind_lock, args)
         if error:
             metrics.bind_failures.inc()
@@ -146,13 +136,8 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
         return wire.encode(wire.ExtenderBindingResult(Error=error))
 
     def preempt(body: bytes) -> bytes:
-        try:
-            args = wire.decode(body, wire.ExtenderPreemptionArgs)
-            request = decider.request(args.Pod)
-        except (wire.WireError, convert.BadObject) as exc:
-            metrics.bad_requests.labels("preempt").inc()
-            log.warning("preempt: %s (answering no candidates)", exc)
-            return _failure("preempt", str(exc))
+        args = wire.decode(body, wire.ExtenderPreemptionArgs)
+        request = decider.request(args.Pod)
         candidates: dict[str, list[str]] = {}
         for node, meta in (args.NodeNameToMetaVictims or {}).items():
             candidates[node] = [p.UID for p in (meta.Pods if meta and meta.Pods else [])]
