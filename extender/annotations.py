@@ -18,6 +18,7 @@ MODEL_SIZE = f"{ANNOTATION_PREFIX}/model-size"  # bytes, a Kubernetes quantity (
 MODEL_LOCALITY = f"{ANNOTATION_PREFIX}/model-locality"  # preferred (default) | required
 # Pod, written when the pod is bound
 PLAN = f"{ANNOTATION_PREFIX}/plan"
+SCORE = f"{ANNOTATION_PREFIX}/score"  # the score breakdown behind the plan
 # Node, written by the node agent
 TOPOLOGY = f"{ANNOTATION_PREFIX}/gpu-topology"
 MIG_LAYOUT = f"{ANNOTATION_PREFIX}/mig-layout"

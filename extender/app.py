@@ -10,17 +10,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from extender import convert, wire
+from extender.annotations import plan_to_dict
 from extender.cluster import ClusterView, pod_key
 from extender.decisions import Decider, Decision
 from extender.preemption import victims_for
 from scoring import policy
-from scoring.model import Plan, ScoreBreakdown
+from scoring.model import ScoreBreakdown
 
 log = logging.getLogger("gpu_extender")
 JSON = "application/json"
@@ -31,14 +32,15 @@ class BindError(RuntimeError):
 
 
 class Binder(Protocol):
-    def bind(self, pod: dict, node: str, plan: Plan, breakdown: ScoreBreakdown) -> None:
-        """Write the plan onto the pod, create the Binding and an Event; raise BindError on failure."""
+    def bind(self, pod: dict, node: str, plan: dict[str, Any], breakdown: ScoreBreakdown) -> None:
+        """Write the plan (annotation form) onto the pod, create the Binding and an Event; raise
+        BindError on failure."""
 
 
 class SnapshotBinder:
     """Used when serving a snapshot file: there is no API server to bind with."""
 
-    def bind(self, pod: dict, node: str, plan: Plan, breakdown: ScoreBreakdown) -> None:
+    def bind(self, pod: dict, node: str, plan: dict[str, Any], breakdown: ScoreBreakdown) -> None:
         raise BindError("serving a snapshot file (--cluster): binding needs a live cluster")
 
 
@@ -216,8 +218,10 @@ def _bind(view: ClusterView, decider: Decider, binder: Binder, lock: threading.L
             reason = breakdown.reason if breakdown else "node unknown to gpu-extender"
             return f"gpu-extender: {args.Node} no longer fits {args.PodNamespace}/{args.PodName}: {reason}"
         view.assume(pod, args.Node, breakdown.plan)
+        node = view.node(args.Node)
+        plan = plan_to_dict(breakdown.plan, node) if node else {"node": args.Node}
     try:
-        binder.bind(dict(pod), args.Node, breakdown.plan, breakdown)
+        binder.bind(dict(pod), args.Node, plan, breakdown)
     except BindError as exc:
         view.forget(pod)
         return f"gpu-extender: {exc}"

@@ -55,7 +55,12 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 @app.command()
 def serve(
-    cluster: Annotated[Path, typer.Option(help="Serve this snapshot (`kubectl get nodes,pods -A -o yaml`).")],
+    cluster: Annotated[
+        Optional[Path], typer.Option(help="Serve this snapshot instead of a live cluster (no binding).")
+    ] = None,
+    kubeconfig: Annotated[
+        Optional[Path], typer.Option(help="Live cluster credentials; default: the in-cluster service account.")
+    ] = None,
     metrics: Annotated[Optional[list[Path]], typer.Option(help="dcgm-exporter text dump; repeatable.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Policy config (YAML).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on; other than loopback needs TLS.")] = "127.0.0.1",
@@ -68,27 +73,42 @@ def serve(
     """Run the extender webhook (filter, prioritize, bind, preempt) for kube-scheduler."""
     import uvicorn
 
-    from extender.app import SnapshotBinder, create_app
+    from extender.app import Binder, SnapshotBinder, create_app
 
     if host not in LOOPBACK and not (tls_cert and tls_key and client_ca):
         raise fail(f"listening on {host} needs --tls-cert, --tls-key and --client-ca (kube-scheduler's client CA)")
+    if cluster and kubeconfig:
+        raise fail("--cluster and --kubeconfig exclude each other")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = policy_config.parse(snapshot.read_document(config)) if config else policy_config.PolicyConfig()
-        view = ClusterView.from_snapshot(cluster, metrics or [], cfg)
+        binder: Binder
+        if cluster:
+            view = ClusterView.from_snapshot(cluster, metrics or [], cfg)
+            binder = SnapshotBinder()
+        else:
+            from extender import kube
+
+            api = kube.api_client(kubeconfig)
+            view = ClusterView(cfg)
+            for dump in metrics or []:
+                view.set_samples({**view.samples, **dcgm.load_dump(dump)})
+            kube.Watcher(api, view).start()
+            binder = kube.KubeBinder(api)
     except policy_config.ConfigError as exc:
         raise fail(f"{config}: {exc}") from None
     except (snapshot.FileError, dcgm.MetricsError) as exc:
         raise fail(str(exc)) from None
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    except Exception as exc:  # kubeconfig missing or unreadable, not in a cluster
+        raise fail(f"cannot reach the cluster: {exc}") from None
     gc.collect()
-    gc.freeze()  # the loaded cluster is long-lived: keep it out of every later collection
+    gc.freeze()  # what is loaded now is long-lived: keep it out of every later collection
     tls = {}
     if tls_cert and tls_key:
         tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)}
         if client_ca:
             tls |= {"ssl_ca_certs": str(client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
-    uvicorn.run(create_app(view, SnapshotBinder()), host=host, port=port, log_level=log_level,
-                access_log=False, **tls)
+    uvicorn.run(create_app(view, binder), host=host, port=port, log_level=log_level, access_log=False, **tls)
 
 
 @app.command()

@@ -83,19 +83,37 @@ class ClusterView:
         return cls.from_objects(nodes, pods, samples, config, max(times) if times else time.time())
 
     def replace_all(self, nodes: Iterable[Obj], pods: Iterable[Obj]) -> None:
-        """Start over from a full list (a snapshot, or a re-list after the watch fell behind)."""
+        """Start over from full lists (a snapshot)."""
         with self._lock:
-            self._raw_nodes = {(n.get("metadata") or {}).get("name", ""): convert.slim_node(n) for n in nodes}
-            self._pods.clear()
-            self._pods_on.clear()
-            for pod in pods:
-                self._store_pod(pod)
-            self._built.clear()
-            self._models.clear()
-            self._gpu_nodes.clear()
-            for name in self._raw_nodes:
-                self._rebuild(name)
+            self._rebuild_all(self._set_nodes(nodes) | self._set_pods(pods))
             self.synced = True
+
+    def replace_nodes(self, nodes: Iterable[Obj]) -> None:
+        """All nodes, from a (re-)list."""
+        with self._lock:
+            self._rebuild_all(self._set_nodes(nodes))
+
+    def replace_pods(self, pods: Iterable[Obj]) -> None:
+        """All pods, from a (re-)list."""
+        with self._lock:
+            self._rebuild_all(self._set_pods(pods))
+
+    def _set_nodes(self, nodes: Iterable[Obj]) -> set[str]:
+        old = set(self._raw_nodes)
+        self._raw_nodes = {(n.get("metadata") or {}).get("name", ""): convert.slim_node(n) for n in nodes}
+        return old | set(self._raw_nodes)
+
+    def _set_pods(self, pods: Iterable[Obj]) -> set[str]:
+        touched = set(self._pods_on)
+        self._pods.clear()
+        self._pods_on.clear()
+        for pod in pods:
+            touched |= self._store_pod(pod)
+        return touched
+
+    def _rebuild_all(self, names: set[str]) -> None:
+        for name in names:
+            self._rebuild(name)
 
     def upsert_node(self, node: Obj) -> None:
         name = (node.get("metadata") or {}).get("name", "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -30,16 +31,16 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, cluster: Path, log: Path, *extra: str):
+    def __init__(self, cluster: Path, log: Path, *extra: str, tls: ssl.SSLContext | None = None):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         exe = Path(sys.executable).with_name("gpu-extender")
         self.log = log
         self.proc = subprocess.Popen(
             [str(exe), "serve", "--cluster", str(cluster), "--port", str(self.port), *extra],
             stdout=log.open("w"), stderr=subprocess.STDOUT,
         )
-        self.client = httpx.Client(base_url=self.url, timeout=10)
+        self.client = httpx.Client(base_url=self.url, timeout=10, verify=tls or True)
         deadline = time.monotonic() + 60
         while True:
             try:
