@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from extender import convert, wire
@@ -75,11 +76,15 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
     bind_lock = threading.Lock()
     app.state.decider = decider
 
-    def timed(verb: str, handler: Callable[[bytes], bytes]) -> Callable:
+    def timed(verb: str, handler: Callable[[bytes], bytes], blocking: bool = False) -> Callable:
+        """The route for a verb. `blocking` handlers (those that call the API server) run in a
+        worker thread so that filter and prioritize for the next pod are not held up."""
+
         async def route(request: Request) -> Response:
             started = time.perf_counter()
             try:
-                body = handler(await request.body())
+                payload = await request.body()
+                body = await run_in_threadpool(handler, payload) if blocking else handler(payload)
             except (wire.WireError, convert.BadObject) as exc:
                 metrics.bad_requests.labels(verb).inc()
                 log.warning("%s: %s", verb, exc)
@@ -152,8 +157,9 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
             node: wire.MetaVictims([wire.MetaPod(uid) for uid in uids], 0) for node, uids in chosen.items()
         }))
 
-    for verb, handler in (("filter", filter_), ("prioritize", prioritize), ("bind", bind), ("preempt", preempt)):
+    for verb, handler in (("filter", filter_), ("prioritize", prioritize), ("preempt", preempt)):
         app.add_api_route(f"/{verb}", timed(verb, handler), methods=["POST"])
+    app.add_api_route("/bind", timed("bind", bind, blocking=True), methods=["POST"])
 
     @app.get("/healthz")
     async def healthz() -> Response:
