@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import ssl
@@ -103,12 +104,21 @@ def serve(
         raise fail(f"cannot reach the cluster: {exc}") from None
     gc.collect()
     gc.freeze()  # what is loaded now is long-lived: keep it out of every later collection
+    _release_free_memory()
     tls = {}
     if tls_cert and tls_key:
         tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)}
         if client_ca:
             tls |= {"ssl_ca_certs": str(client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
     uvicorn.run(create_app(view, binder), host=host, port=port, log_level=log_level, access_log=False, **tls)
+
+
+def _release_free_memory() -> None:
+    """Hand the memory freed after parsing a large snapshot back to the OS (glibc keeps it)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
 
 
 @app.command()

@@ -254,9 +254,15 @@ class ClusterView:
         return pods
 
     def _store_pod(self, pod: Obj) -> set[str]:
-        """Record a pod; returns the nodes whose model it changes."""
+        """Record a pod that asks for GPUs (no other pod matters here); returns the nodes whose
+        model it changes."""
         key = pod_key(pod)
         pod = convert.slim_pod(pod)
+        try:
+            if not convert.gpu_resources(pod):
+                return set()
+        except convert.BadObject:
+            pass  # kept, so that the node's notes say why it is not counted
         self._pods[key] = pod
         touched = set()
         node_name = (pod.get("spec") or {}).get("nodeName")

@@ -38,6 +38,7 @@ GFD_COUNT = "nvidia.com/gpu.count"
 GFD_MIG_STRATEGY = "nvidia.com/mig.strategy"
 FINISHED_PHASES = ("Succeeded", "Failed")
 Matrix = tuple[tuple[int, ...], ...]
+_MATRICES: dict[Matrix, Matrix] = {}  # one shared copy per distinct matrix: nodes of a shape repeat it
 
 
 class BadObject(ValueError):
@@ -307,7 +308,7 @@ def _topology(data: Mapping[str, Any]) -> tuple[tuple[Gpu, ...], Matrix, Matrix]
         matrix = tuple(tuple(int(v) for v in row) for row in data[key])
         if len(matrix) != len(gpus) or any(len(row) != len(gpus) for row in matrix):
             raise ValueError(f"{key} must be a {len(gpus)}x{len(gpus)} matrix")
-        matrices.append(matrix)
+        matrices.append(_MATRICES.setdefault(matrix, matrix))
     return gpus, matrices[0], matrices[1]
 
 
