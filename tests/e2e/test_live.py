@@ -1,0 +1,93 @@
+"""The extender against a real kube-apiserver: watch, bind, restart, concurrent binds."""
+
+from __future__ import annotations
+
+import copy
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import EXAMPLE, ROOT, Extender, example
+
+PLAN = "gpu-extender.io/plan"
+TP4 = yaml.safe_load((ROOT / "examples" / "pods" / "llama70b-tp4-latency-critical.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def cluster(plane, tmp_path_factory):
+    """The bundled example cluster, loaded into the API server; the extender serving it."""
+    for item in EXAMPLE:
+        if item["kind"] == "Node":
+            plane.node(item)
+    for item in EXAMPLE:
+        if item["kind"] == "Pod":
+            plane.pod(item)
+    extender = Extender(plane, tmp_path_factory.mktemp("extender") / "serve.log")
+    yield plane, extender
+    extender.kill()
+
+
+def bind(extender: Extender, pod, node: str) -> str:
+    return extender.http.post("/bind", json={"PodName": pod.metadata.name, "PodNamespace": pod.metadata.namespace,
+                                             "PodUID": pod.metadata.uid, "Node": node}).json()["Error"]
+
+
+def test_filter_prioritize_bind_and_restart(cluster):
+    plane, extender = cluster
+    created = plane.pod(TP4)
+    names = [n["metadata"]["name"] for n in EXAMPLE if n["kind"] == "Node"]
+    pod = plane.core.api_client.sanitize_for_serialization(created)
+    kept = extender.http.post("/filter", json={"Pod": pod, "Nodes": None, "NodeNames": names}).json()["NodeNames"]
+    scores = extender.http.post("/prioritize", json={"Pod": pod, "Nodes": None, "NodeNames": kept}).json()
+    best = max(scores, key=lambda s: s["Score"])["Host"]
+    assert best == "h100-inf-01"  # the node that caches the model, as `gpu-extender score` ranks it
+    assert bind(extender, created, best) == ""
+    bound = plane.core.read_namespaced_pod(created.metadata.name, created.metadata.namespace)
+    assert bound.spec.node_name == best
+    plan = json.loads(bound.metadata.annotations[PLAN])
+    assert plan["node"] == best and plan["gpus"] == [4, 5, 6, 7] and len(plan["uuids"]) == 4
+    assert json.loads(bound.metadata.annotations["gpu-extender.io/score"])["signals"]["topology"] == 1.0
+    events = plane.core.list_namespaced_event(created.metadata.namespace).items
+    assert any(e.involved_object.name == created.metadata.name and e.reason == "GPUPlanned" for e in events)
+    assert bind(extender, created, best) == ""  # binding again to the same node is a success
+    # A restarted extender knows the plan from the pod: the node has no 4 free GPUs left.
+    extender.kill()
+    extender.start()
+    again = copy.deepcopy(pod)
+    again["metadata"]["name"] = "llama70b-chat-1"
+    answer = extender.http.post("/filter", json={"Pod": again, "Nodes": None,
+                                                 "NodeNames": ["h100-inf-01", "h100-inf-02"]}).json()
+    assert answer["NodeNames"] == ["h100-inf-02"] and "h100-inf-01" in answer["FailedNodes"]
+
+
+def test_concurrent_binds_never_hand_out_a_device_twice(cluster):
+    plane, extender = cluster
+    pods = []
+    for i in range(100):
+        whole = copy.deepcopy(TP4)
+        whole["metadata"] = {"name": f"race-gpu-{i}", "namespace": "race"}
+        whole["spec"]["containers"][0]["resources"]["limits"] = {"nvidia.com/gpu": "1"}
+        mig = copy.deepcopy(whole)
+        mig["metadata"]["name"] = f"race-mig-{i}"
+        mig["spec"]["containers"][0]["resources"]["limits"] = {"nvidia.com/mig-1g.10gb": "1"}
+        pods += [(plane.pod(whole), "a100-nv4-01"), (plane.pod(mig), "h100-mig-01")]
+    with ThreadPoolExecutor(32) as pool:
+        errors = list(pool.map(lambda job: bind(extender, *job), pods))
+    won = [pod for (pod, _), error in zip(pods, errors) if error == ""]
+    # a100-nv4-01 has 4 free GPUs; h100-mig-01 has 3 idle 1g.10gb instances (GPU0@6, GPU1@6, GPU2@1).
+    assert sum(1 for p in won if p.metadata.name.startswith("race-gpu")) == 4
+    assert sum(1 for p in won if p.metadata.name.startswith("race-mig")) == 3
+    assert all("no longer fits" in e for e in errors if e)
+    held_gpus, held_slots = [], []
+    for pod in plane.core.list_pod_for_all_namespaces().items:
+        plan = json.loads((pod.metadata.annotations or {}).get(PLAN, "null") or "null")
+        if plan and pod.spec.node_name == "a100-nv4-01":
+            held_gpus += plan["gpus"]
+        if plan and pod.spec.node_name == "h100-mig-01":
+            held_slots += [(s["gpu"], s["start"]) for s in plan["mig"]]
+    assert len(held_gpus) == len(set(held_gpus)) == 4
+    assert len(held_slots) == len(set(held_slots))
+    assert {(0, 6), (1, 6), (2, 1)} <= set(held_slots)
