@@ -91,9 +91,14 @@ class ControlPlane:
         return proc
 
     def stop(self) -> None:
+        """Stop in reverse order (kube-apiserver needs etcd while it shuts down)."""
         for proc in reversed(self.procs):
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
 
     # --- objects ---------------------------------------------------------------------------
 
