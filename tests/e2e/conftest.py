@@ -162,7 +162,3 @@ def plane(tmp_path_factory) -> ControlPlane:
 
 
 EXAMPLE = yaml.safe_load((ROOT / "examples" / "cluster.yaml").read_text())["items"]
-
-
-def example(kind: str, name: str) -> dict:
-    return next(i for i in EXAMPLE if i["kind"] == kind and i["metadata"]["name"] == name)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import copy
 import json
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.e2e.conftest import EXAMPLE, ROOT, Extender, example
+from tests.e2e.conftest import EXAMPLE, ROOT, Extender
 
 PLAN = "gpu-extender.io/plan"
 TP4 = yaml.safe_load((ROOT / "examples" / "pods" / "llama70b-tp4-latency-critical.yaml").read_text())
