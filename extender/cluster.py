@@ -21,7 +21,7 @@ from extender import convert, dcgm, snapshot
 from extender.annotations import plan_to_dict
 from scoring.config import PolicyConfig
 from scoring.locality import ModelSpread
-from scoring.model import GpuNode, GpuSample, Plan
+from scoring.model import GpuNode, GpuSample, Plan, PodRequest
 
 Obj = Mapping[str, Any]
 CHANGES_KEPT = 100_000
@@ -201,10 +201,14 @@ class ClusterView:
 
     # --- internals -------------------------------------------------------------------------
 
-    def model_spread(self, model: str, stated_size: int | None) -> ModelSpread:
-        """Cluster-wide facts about a model for the locality signal, from the maintained index."""
+    def model_spread(self, request: PodRequest) -> ModelSpread:
+        """Cluster-wide facts about the pod's model for the locality signal, from the maintained
+        index (all zero for a pod that names no model)."""
+        if not request.model:
+            return ModelSpread(0, 0, 0)
+        stated_size = request.model_size
         with self._lock:
-            holders = self._models.get(model, {})
+            holders = self._models.get(request.model, {})
             largest = max(holders.values(), default=0)
             return ModelSpread(stated_size or largest, len(holders), len(self._gpu_nodes))
 

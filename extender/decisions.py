@@ -60,7 +60,7 @@ class Decider:
         request = self.request(pod)
         view = self.view
         config = view.config
-        spread = view.model_spread(request.model, request.model_size) if request.model else ModelSpread(0, 0, 0)
+        spread = view.model_spread(request)
         shape = (
             request.workload_class, request.gpus, tuple(sorted(request.mig.items())),
             request.model, request.model_size, request.model_required,

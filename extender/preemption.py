@@ -15,7 +15,6 @@ from typing import Any
 from extender import convert
 from extender.cluster import ClusterView
 from scoring import policy
-from scoring.locality import ModelSpread
 from scoring.model import PodRequest
 
 
@@ -24,7 +23,7 @@ def victims_for(
 ) -> dict[str, list[str]]:
     """Node -> victim pod UIDs (subset of `candidates`), for nodes where the pod can fit."""
     config = view.config
-    spread = view.model_spread(request.model, request.model_size) if request.model else ModelSpread(0, 0, 0)
+    spread = view.model_spread(request)
     chosen: dict[str, list[str]] = {}
     for node_name, uids in candidates.items():
         pods = {uid: pod for uid in uids if (pod := view.pod(uid)) is not None}
