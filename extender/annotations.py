@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scoring.model import ANNOTATION_PREFIX, GpuNode, MigSlot, Plan
+from scoring.model import ANNOTATION_PREFIX, SIGNALS, GpuNode, MigSlot, Plan, ScoreBreakdown
 
 PREFIX = f"{ANNOTATION_PREFIX}/"
 # Pod, set by the user
@@ -38,6 +38,16 @@ def plan_to_dict(plan: Plan, node: GpuNode) -> dict[str, Any]:
         for slot in plan.mig
     ]
     return data
+
+
+def score_to_dict(breakdown: ScoreBreakdown) -> dict[str, Any]:
+    """The score annotation: the breakdown behind a plan."""
+    return {
+        "node": breakdown.node,
+        "total": breakdown.total,
+        "signals": {name: round(r.score, 4) for name in SIGNALS if (r := breakdown.signals.get(name))},
+        "reason": breakdown.reason,
+    }
 
 
 def plan_from_dict(data: Any) -> tuple[str, Plan]:

@@ -26,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from extender import annotations as ann
 from extender.app import BindError
 from extender.cluster import ClusterView, pod_key
-from scoring.model import SIGNALS, ScoreBreakdown
+from scoring.model import ScoreBreakdown
 
 log = logging.getLogger("gpu_extender.kube")
 WATCH_SECONDS = 300
@@ -116,10 +116,8 @@ class KubeBinder:
     def bind(self, pod: dict, node: str, plan: dict[str, Any], breakdown: ScoreBreakdown) -> None:
         meta = pod.get("metadata") or {}
         name, namespace, uid = meta.get("name"), meta.get("namespace") or "default", meta.get("uid")
-        score_doc = {"node": node, "total": breakdown.total,
-                     "signals": {s: round(r.score, 4) for s in SIGNALS if (r := breakdown.signals.get(s))},
-                     "reason": breakdown.reason}
-        patch = {"metadata": {"annotations": {ann.PLAN: json.dumps(plan), ann.SCORE: json.dumps(score_doc)}}}
+        score = ann.score_to_dict(breakdown)
+        patch = {"metadata": {"annotations": {ann.PLAN: json.dumps(plan), ann.SCORE: json.dumps(score)}}}
         try:
             self.core.patch_namespaced_pod(name, namespace, patch, _preload_content=False)
             body = client.V1Binding(
