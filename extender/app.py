@@ -18,10 +18,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from extender import convert, wire
 from extender.annotations import plan_to_dict
+from extender.answers import Answers, filter_answer, prioritize_answer
 from extender.cluster import ClusterView, pod_key
 from extender.decisions import Decider, Decision
 from extender.preemption import victims_for
-from scoring import policy
 from scoring.model import ScoreBreakdown
 
 log = logging.getLogger("gpu_extender")
@@ -99,40 +99,24 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
 
         return route
 
-    def decided(body: bytes) -> tuple[wire.ExtenderArgs, list[str], dict[str, dict] | None, Decision]:
+    def decided(body: bytes) -> tuple[list[str], dict[str, dict] | None, Decision, Answers]:
         args = wire.decode(body, wire.ExtenderArgs)
         names, sent = _candidates(args)
-        decision = decider.decide(args.Pod, names, sent)
+        decision, answers = decider.answer(args.Pod, names, sent)
         decider.remember(decision)
-        return args, names, sent, decision
+        return names, sent, decision, answers
 
     def filter_(body: bytes) -> bytes:
-        args, names, sent, decision = decided(body)
-        passed: list[str] = []
-        failed = {n: "gpu-extender: node unknown (not synced yet?)" for n in decision.unknown}
-        unresolvable: dict[str, str] = {}
-        for name, d in decision.breakdowns.items():
-            if d.feasible:
-                passed.append(name)
-            elif d.unresolvable:
-                unresolvable[name] = f"gpu-extender: {d.summary}"
-            else:
-                failed[name] = f"gpu-extender: {d.summary}"
-        outcome = "feasible" if passed else "unschedulable"
-        metrics.decisions.labels(decision.request.workload_class.value, outcome).inc()
-        log.info("filter %s (%s): %d of %d nodes fit", decision.request.key,
-                 decision.request.workload_class.value, len(passed), len(names))
-        if args.Nodes is not None:
-            kept = [sent[n] for n in passed] if sent else []
-            return wire.encode(wire.ExtenderFilterResult(
-                Nodes={"metadata": {}, "items": kept}, FailedNodes=failed, FailedAndUnresolvableNodes=unresolvable))
-        return wire.encode(wire.ExtenderFilterResult(
-            NodeNames=passed, FailedNodes=failed, FailedAndUnresolvableNodes=unresolvable))
+        names, sent, decision, answers = decided(body)
+        answer, passed = filter_answer(answers, names, decision.records, sent)
+        request = decision.request
+        metrics.decisions.labels(request.workload_class.value, "feasible" if passed else "unschedulable").inc()
+        log.info("filter %s (%s): %d of %d nodes fit", request.key, request.workload_class.value, passed, len(names))
+        return answer
 
     def prioritize(body: bytes) -> bytes:
-        _, names, _, decision = decided(body)
-        scores = policy.scheduler_scores(decision.breakdowns.values())
-        return wire.encode([wire.HostPriority(name, scores.get(name, 0)) for name in names])
+        names, _, decision, answers = decided(body)
+        return prioritize_answer(answers, names, decision.records)
 
     def bind(body: bytes) -> bytes:
         args = wire.decode(body, wire.ExtenderBindingArgs)

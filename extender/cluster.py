@@ -27,6 +27,13 @@ Obj = Mapping[str, Any]
 CHANGES_KEPT = 100_000
 
 
+def slim(kind: str, obj: Obj) -> Obj | None:
+    """What the view keeps of a listed Node or Pod: every node, GPU pods only, both slimmed."""
+    if kind == "Node":
+        return convert.slim_node(obj)
+    return convert.slim_pod(obj) if convert.asks_for_gpus(obj) else None
+
+
 def pod_key(pod: Obj) -> str:
     meta = pod.get("metadata") or {}
     return meta.get("uid") or f"{meta.get('namespace', 'default')}/{meta.get('name')}"
@@ -74,7 +81,7 @@ class ClusterView:
         Agent heartbeats and DCGM samples are aged against the newest time found in the files
         (the moment the snapshot was taken), not against the clock of the machine reading it.
         """
-        nodes, pods = snapshot.load_snapshot(path)
+        nodes, pods = snapshot.load_snapshot(path, slim)
         samples: dict[str, GpuSample] = {}
         for dump in metrics:
             samples.update(dcgm.load_dump(dump))
@@ -260,14 +267,10 @@ class ClusterView:
     def _store_pod(self, pod: Obj) -> set[str]:
         """Record a pod that asks for GPUs (no other pod matters here); returns the nodes whose
         model it changes."""
+        if not convert.asks_for_gpus(pod):
+            return set()
         key = pod_key(pod)
-        pod = convert.slim_pod(pod)
-        try:
-            if not convert.gpu_resources(pod):
-                return set()
-        except convert.BadObject:
-            pass  # kept, so that the node's notes say why it is not counted
-        self._pods[key] = pod
+        pod = self._pods[key] = convert.slim_pod(pod)
         touched = set()
         node_name = (pod.get("spec") or {}).get("nodeName")
         if node_name and convert.holds_resources(pod):

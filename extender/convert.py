@@ -67,6 +67,15 @@ def gpu_resources(pod: Mapping[str, Any]) -> dict[str, int]:
     return {r: n for r, n in total.items() if n > 0}
 
 
+def asks_for_gpus(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod requests GPUs, or says so in a way that cannot be read (kept, so that the
+    node's notes can say why it is not counted)."""
+    try:
+        return bool(gpu_resources(pod))
+    except BadObject:
+        return True
+
+
 def _container_gpus(container: Mapping[str, Any], pod: Mapping[str, Any]) -> dict[str, int]:
     resources = container.get("resources") or {}
     merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}

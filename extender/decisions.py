@@ -2,20 +2,28 @@
 
 A breakdown depends on the pod's request shape, the node's model, the DCGM samples, the time at
 which the node's freshest sample ages past the TTL, and the model's spread. For each request shape
-the Decider keeps the breakdowns it computed and drops those of nodes ClusterView reports rebuilt
-(`changes_since`), and all of them when the samples or the spread change or a sample ages out. The
-request path is then one dictionary look-up per candidate node; only changed nodes are scored.
+the Decider keeps the Answers it computed (extender/answers.py); nodes ClusterView reports rebuilt
+(`changes_since`) are scored again, and every node when the samples or the spread change or a
+sample ages out. A request then costs C-speed look-ups per candidate; only changed nodes are scored.
+
+Memory stays bounded at any cluster size: at most SHAPE_NODES_KEPT breakdowns over all shapes
+(the least recently used shape goes first; 50,000 is ten shapes at 5,000 nodes). The last
+decisions are kept for /explain, each with references to its candidates' breakdowns (mostly shared
+with the Answers), up to EXPLAINED_NODES references in all (40 pods at 5,000 nodes).
 """
 
 from __future__ import annotations
 
 import threading
+from itertools import repeat
+from operator import is_not
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from extender import convert
+from extender.answers import Answers, NodeAnswer
 from extender.cluster import ClusterView
 from extender.report import report
 from scoring import policy
@@ -23,14 +31,20 @@ from scoring.locality import ModelSpread
 from scoring.model import GpuNode, GpuSample, PodRequest, ScoreBreakdown
 
 SHAPES_KEPT = 256
-EXPLAINED_KEPT = 2048
+SHAPE_NODES_KEPT = 50_000  # breakdowns kept over all shapes: about 1.2 kB each
+EXPLAINED_PODS = 2048
+EXPLAINED_NODES = 200_000
 
 
 @dataclass(frozen=True)
 class Decision:
     request: PodRequest
-    breakdowns: dict[str, ScoreBreakdown]  # candidate name -> breakdown, in candidate order
-    unknown: tuple[str, ...]  # candidates the view does not know
+    records: Sequence[NodeAnswer | None]  # the candidates' answers, in order; None: unknown to the view
+    unknown: tuple[str, ...]  # the candidates unknown to the view
+
+    @property
+    def breakdowns(self) -> dict[str, ScoreBreakdown]:
+        return {r.breakdown.node: r.breakdown for r in self.records if r is not None}
 
 
 @dataclass
@@ -39,7 +53,7 @@ class _ShapeCache:
     samples_revision: int = -1
     spread: ModelSpread | None = None
     until: float = float("inf")
-    results: dict[str, ScoreBreakdown] = field(default_factory=dict)
+    answers: Answers = Answers.empty()
 
 
 class Decider:
@@ -47,6 +61,7 @@ class Decider:
         self.view = view
         self._shapes: OrderedDict[tuple, _ShapeCache] = OrderedDict()
         self._explained: OrderedDict[str, Decision] = OrderedDict()
+        self._explained_nodes = 0
         self._lock = threading.Lock()
 
     def request(self, pod: Mapping[str, Any]) -> PodRequest:
@@ -55,11 +70,16 @@ class Decider:
     def decide(
         self, pod: Mapping[str, Any], names: Sequence[str], sent: Mapping[str, Mapping[str, Any]] | None = None
     ) -> Decision:
-        """Breakdowns for `names`. `sent` holds Node objects from the request (nodeCacheCapable
-        false); they are used only for nodes the view does not know yet."""
+        return self.answer(pod, names, sent)[0]
+
+    def answer(
+        self, pod: Mapping[str, Any], names: Sequence[str], sent: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> tuple[Decision, Answers]:
+        """Breakdowns for `names`, and the shape's Answers (with the nodes from `sent`). `sent`
+        holds Node objects from the request (nodeCacheCapable false); they are used only for nodes
+        the view does not know yet."""
         request = self.request(pod)
         view = self.view
-        config = view.config
         spread = view.model_spread(request)
         shape = (
             request.workload_class, request.gpus, tuple(sorted(request.mig.items())),
@@ -70,51 +90,69 @@ class Decider:
             samples, samples_revision = view.samples, view.samples_revision
             cache = self._shape(shape)
             seq, changed = view.changes_since(cache.seq)
+            answers = cache.answers
             if (changed is None or cache.samples_revision != samples_revision or cache.spread != spread
                     or now >= cache.until):
-                cache.results.clear()
-                cache.until = float("inf")
-            else:
-                for name in changed:
-                    cache.results.pop(name, None)
+                answers, changed, cache.until = Answers.empty(), [], float("inf")
             cache.seq, cache.samples_revision, cache.spread = seq, samples_revision, spread
-            results = cache.results
-            breakdowns: dict[str, ScoreBreakdown] = {}
-            unknown = []
-            for name in names:
-                breakdown = results.get(name)
-                if breakdown is None:
-                    node = view.node(name)
-                    if node is None:
-                        if sent and name in sent:
-                            node = convert.gpu_node(sent[name], [], now, config)
-                            breakdowns[name] = policy.score_node(node, request, spread, samples, now, config)
-                        else:
-                            unknown.append(name)
-                        continue
-                    breakdown = results[name] = policy.score_node(node, request, spread, samples, now, config)
-                    cache.until = min(cache.until, _fresh_until(node, samples, config.utilization.ttl_seconds, now))
-                breakdowns[name] = breakdown
-        return Decision(request, breakdowns, tuple(unknown))
+
+            def score(name: str) -> ScoreBreakdown | None:
+                node = view.node(name)
+                if node is None:
+                    return None
+                cache.until = min(cache.until, _fresh_until(node, samples, view.config.utilization.ttl_seconds, now))
+                return policy.score_node(node, request, spread, samples, now, view.config)
+
+            answers = answers.updated({name: score(name) for name in changed})
+            records = list(map(answers.records.get, names))
+            if not all(map(is_not, records, repeat(None))):
+                answers = answers.updated({
+                    name: breakdown for name, r in zip(names, records) if r is None and (breakdown := score(name))
+                })
+                records = list(map(answers.records.get, names))
+            grown = len(answers.records) > len(cache.answers.records)
+            cache.answers = answers
+            if grown:
+                self._trim()
+        if sent and not all(map(is_not, records, repeat(None))):
+            answers = answers.updated({
+                name: policy.score_node(
+                    convert.gpu_node(sent[name], [], now, view.config), request, spread, samples, now, view.config)
+                for name, r in zip(names, records) if r is None and name in sent
+            })
+            records = list(map(answers.records.get, names))
+        unknown = ()
+        if not all(map(is_not, records, repeat(None))):
+            unknown = tuple(name for name, r in zip(names, records) if r is None)
+        return Decision(request, records, unknown), answers
 
     def _shape(self, shape: tuple) -> _ShapeCache:
         cache = self._shapes.get(shape)
         if cache is None:
             cache = self._shapes[shape] = _ShapeCache()
-            if len(self._shapes) > SHAPES_KEPT:
-                self._shapes.popitem(last=False)
-        else:
-            self._shapes.move_to_end(shape)
+        self._shapes.move_to_end(shape)
         return cache
+
+    def _trim(self) -> None:
+        """Drop the least recently used shapes beyond SHAPES_KEPT or SHAPE_NODES_KEPT breakdowns."""
+        kept = sum(len(c.answers.records) for c in self._shapes.values())
+        while len(self._shapes) > 1 and (len(self._shapes) > SHAPES_KEPT or kept > SHAPE_NODES_KEPT):
+            _, dropped = self._shapes.popitem(last=False)
+            kept -= len(dropped.answers.records)
 
     def remember(self, decision: Decision) -> None:
         """Keep the pod's latest decision for /explain (rendered only when asked for)."""
         key = decision.request.key
         with self._lock:
+            previous = self._explained.pop(key, None)
+            if previous is not None:
+                self._explained_nodes -= len(previous.records)
             self._explained[key] = decision
-            self._explained.move_to_end(key)
-            if len(self._explained) > EXPLAINED_KEPT:
-                self._explained.popitem(last=False)
+            self._explained_nodes += len(decision.records)
+            while len(self._explained) > 1 and (
+                    len(self._explained) > EXPLAINED_PODS or self._explained_nodes > EXPLAINED_NODES):
+                _, dropped = self._explained.popitem(last=False)
+                self._explained_nodes -= len(dropped.records)
 
     def explain(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:

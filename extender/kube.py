@@ -1,9 +1,10 @@
 """The only module that talks to the Kubernetes API (the official `kubernetes` client).
 
-`Watcher` keeps a ClusterView current: list, then watch from the list's resourceVersion; a watch
-that ends is resumed from the last resourceVersion seen, a 410 Gone (history compacted) re-lists,
-other errors back off exponentially up to 30 s. Objects stay plain JSON (`deserialize=False`):
-the client's model classes are far too slow for tens of thousands of pods.
+`Watcher` keeps a ClusterView current: list (in pages, slimmed page by page), then watch from the
+list's resourceVersion; a watch that ends is resumed from the last resourceVersion seen, a 410 Gone
+(history compacted, API server restarted) re-lists, other errors back off exponentially up to 30 s.
+Objects stay plain JSON read with orjson (`_preload_content=False`): the client's model classes
+are far too slow for tens of thousands of pods.
 
 `KubeBinder` binds: it writes the plan and the score breakdown onto the pod first (so a restarted
 extender finds every plan on the pods), then creates the Binding, then an Event on the pod.
@@ -20,16 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kubernetes import client, config, watch
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 from extender import annotations as ann
 from extender.app import BindError
-from extender.cluster import ClusterView, pod_key
+from extender.cluster import ClusterView, pod_key, slim
 from scoring.model import ScoreBreakdown
 
 log = logging.getLogger("gpu_extender.kube")
 WATCH_SECONDS = 300
+LIST_PAGE = 500
 MAX_BACKOFF = 30.0
 
 
@@ -42,9 +45,10 @@ def api_client(kubeconfig: Path | None) -> client.ApiClient:
 
 
 class Watcher:
-    def __init__(self, api: client.ApiClient, view: ClusterView):
+    def __init__(self, api: client.ApiClient, view: ClusterView, page_size: int = LIST_PAGE):
         self.core = client.CoreV1Api(api)
         self.view = view
+        self.page_size = page_size
         self.stop = threading.Event()
         self._listed = {"nodes": threading.Event(), "pods": threading.Event()}
 
@@ -64,38 +68,61 @@ class Watcher:
         list_call: Callable[..., Any] = self.core.list_node if kind == "nodes" else self.core.list_pod_for_all_namespaces
         while not self.stop.is_set():
             try:
-                response = list_call(_preload_content=False)
-                data = orjson.loads(response.data)
-                items = data.get("items") or []
+                items, resource_version = self._list(kind, list_call)
                 (self.view.replace_nodes if kind == "nodes" else self.view.replace_pods)(items)
                 self._listed[kind].set()
-                log.info("listed %d %s", len(items), kind)
-                self._watch(kind, list_call, data["metadata"]["resourceVersion"])
+                log.info("listed %s: kept %d", kind, len(items))
+                self._watch(kind, list_call, resource_version)
                 backoff = 1.0
             except Exception as exc:  # the API server may be away; keep serving the last view
                 log.warning("%s watch failed (%s); retrying in %.0fs", kind, exc, backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
+    def _list(self, kind: str, list_call: Callable[..., Any]) -> tuple[list[dict[str, Any]], str]:
+        """What the view keeps of every object, and the list's resourceVersion. Read in pages and
+        slimmed page by page: 50,000 full pods at once would be hundreds of MB, left fragmented."""
+        singular = "Node" if kind == "nodes" else "Pod"
+        kept: list[dict[str, Any]] = []
+        token = None
+        while True:
+            page = orjson.loads(list_call(limit=self.page_size, _continue=token, _preload_content=False).data)
+            kept += filter(None, (slim(singular, item) for item in page.get("items") or []))
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return kept, page["metadata"]["resourceVersion"]
+
     def _watch(self, kind: str, list_call: Callable[..., Any], resource_version: str) -> None:
-        """Apply watch events until the history is gone (410: return to re-list) or stop."""
+        """Apply watch events until the history is gone (410 Gone: return to re-list) or stop."""
         while not self.stop.is_set():
-            stream = watch.Watch().stream(
-                list_call, resource_version=resource_version, timeout_seconds=WATCH_SECONDS,
-                allow_watch_bookmarks=True, deserialize=False, _request_timeout=WATCH_SECONDS + 30,
-            )
-            for event in stream:
-                obj = event.get("raw_object") or event.get("object") or {}
-                kind_of_event = event.get("type")
-                if kind_of_event == "ERROR":
-                    if obj.get("code") == 410:
-                        log.info("%s watch expired (410 Gone): re-listing", kind)
-                        return
-                    raise RuntimeError(f"watch error: {obj.get('message')}")
-                resource_version = (obj.get("metadata") or {}).get("resourceVersion", resource_version)
-                if kind_of_event == "BOOKMARK":
-                    continue
-                self._apply(kind, kind_of_event, obj)
+            try:
+                response = list_call(
+                    watch=True, resource_version=resource_version, allow_watch_bookmarks=True,
+                    timeout_seconds=WATCH_SECONDS, _request_timeout=WATCH_SECONDS + 30, _preload_content=False,
+                )
+            except ApiException as exc:
+                if exc.status == 410:
+                    log.info("%s watch from resourceVersion %s expired (410 Gone): re-listing", kind, resource_version)
+                    return
+                raise
+            try:
+                for line in iter_resp_lines(response):
+                    if not line:
+                        continue
+                    event = orjson.loads(line)
+                    obj, kind_of_event = event.get("object") or {}, event.get("type")
+                    if kind_of_event == "ERROR":
+                        if obj.get("code") == 410:
+                            log.info("%s watch from resourceVersion %s expired (410 Gone): re-listing",
+                                     kind, resource_version)
+                            return
+                        raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
+                    resource_version = (obj.get("metadata") or {}).get("resourceVersion", resource_version)
+                    if kind_of_event != "BOOKMARK":
+                        self._apply(kind, kind_of_event, obj)
+            finally:
+                response.close()
+                response.release_conn()
 
     def _apply(self, kind: str, event: str | None, obj: dict[str, Any]) -> None:
         if kind == "nodes":

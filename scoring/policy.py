@@ -138,23 +138,18 @@ def score_node(
 
 def scheduler_scores(decisions: Iterable[ScoreBreakdown]) -> dict[str, int]:
     """The scheduler's 0..10 integer per node (see the module docstring)."""
-    scores: dict[str, int] = {}
-    totals: list[tuple[str, float]] = []
-    for d in decisions:
-        if d.feasible:
-            totals.append((d.node, d.total))
-        else:
-            scores[d.node] = 0
-    if totals:
-        values = [t for _, t in totals]
-        low, high = min(values), max(values)
-        if high <= low:
-            scores.update(dict.fromkeys((node for node, _ in totals), 10))
-        else:
-            scale = 9 / (high - low)
-            for node, total in totals:
-                scores[node] = 1 + round((total - low) * scale)
-    return scores
+    decisions = list(decisions)
+    totals = [d.total for d in decisions if d.feasible]
+    low, high = min(totals, default=0.0), max(totals, default=0.0)
+    return {d.node: scheduler_score(d.total, low, high) if d.feasible else 0 for d in decisions}
+
+
+def scheduler_score(total: float, low: float, high: float) -> int:
+    """A feasible node's integer: 1 + round(9 (total - low) / (high - low)) over the feasible
+    candidates' totals low..high; 10 when they are all equal. Non-decreasing in `total`."""
+    if high <= low:
+        return 10
+    return 1 + round((total - low) * 9 / (high - low))
 
 
 def rank(decisions: Iterable[ScoreBreakdown]) -> list[ScoreBreakdown]:

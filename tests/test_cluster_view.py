@@ -11,6 +11,7 @@ import pytest
 from extender import annotations as ann
 from extender import convert, snapshot
 from extender.cluster import ClusterView
+from extender import decisions
 from extender.decisions import Decider
 from scoring import policy
 from scoring.config import PolicyConfig
@@ -102,3 +103,27 @@ def test_agent_data_ages_out_without_any_event():
     decision = decider.decide(TP4, ["a100-nv4-01"])
     assert not view.node("a100-nv4-01").gpus  # degraded to allocatable
     assert "no topology data" in decision.breakdowns["a100-nv4-01"].signals["topology"].reason
+
+
+def test_shapes_beyond_the_memory_budget_are_dropped_least_recent_first(view, monkeypatch):
+    nodes = len(view.nodes())
+    monkeypatch.setattr(decisions, "SHAPE_NODES_KEPT", 2 * nodes)  # room for two shapes
+    decider = Decider(view)
+    pods = [snapshot.read_document(EXAMPLES / "pods" / f) for f in (
+        "llama70b-tp4-latency-critical.yaml", "embed-mig-latency-critical.yaml", "pretrain-8gpu-batch.yaml")]
+    for pod in pods:
+        assert cached(decider, view, pod) == fresh(view, pod)
+    kept = [shape[1:3] for shape in decider._shapes]
+    assert len(kept) == 2 and (4, ()) not in kept  # the TP4 shape, least recently used, went first
+    assert cached(decider, view, pods[0]) == fresh(view, pods[0])  # and is scored again when asked
+
+
+def test_explained_decisions_stay_within_their_budget(view, monkeypatch):
+    names = [n.name for n in view.nodes()]
+    monkeypatch.setattr(decisions, "EXPLAINED_NODES", 3 * len(names))
+    decider = Decider(view)
+    for i in range(5):
+        pod = copy.deepcopy(TP4)
+        pod["metadata"]["name"] = f"tp4-{i}"
+        decider.remember(decider.decide(pod, names))
+    assert [decider.explain("inference", f"tp4-{i}") is not None for i in range(5)] == [False, False, True, True, True]

@@ -59,18 +59,17 @@ class ControlPlane:
                             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
                             "--initial-cluster", f"default=http://127.0.0.1:{peer_port}"], etcd_log)
         wait_for(lambda: httpx.get(f"http://127.0.0.1:{etcd_port}/health").status_code == 200, "etcd", etcd, etcd_log)
-        api_log = work / "kube-apiserver.log"
-        api = self._start([str(bin_dir / "kube-apiserver"), "--bind-address=127.0.0.1",
-                           "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
-                           f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                           "--service-account-issuer=https://kubernetes.default.svc",
-                           "--service-account-key-file=sa.pub", "--service-account-signing-key-file=sa.key",
-                           "--authorization-mode=RBAC", "--token-auth-file=tokens.csv",
-                           f"--cert-dir={work / 'certs'}", "--service-cluster-ip-range=10.96.0.0/16"], api_log)
+        self._api_log = work / "kube-apiserver.log"
+        self._api_cmd = [str(bin_dir / "kube-apiserver"), "--bind-address=127.0.0.1",
+                         "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
+                         f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                         "--service-account-issuer=https://kubernetes.default.svc",
+                         "--service-account-key-file=sa.pub", "--service-account-signing-key-file=sa.key",
+                         "--authorization-mode=RBAC", "--token-auth-file=tokens.csv",
+                         f"--cert-dir={work / 'certs'}", "--service-cluster-ip-range=10.96.0.0/16",
+                         "--etcd-compaction-interval=2s"]  # little history: old watches meet 410 Gone
         self.url = f"https://127.0.0.1:{api_port}"
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        wait_for(lambda: httpx.get(f"{self.url}/readyz", headers=headers, verify=False).status_code == 200,
-                 "kube-apiserver", api, api_log)
+        self._api = self._start_apiserver()
         self.kubeconfig = work / "kubeconfig"
         self.kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
@@ -85,8 +84,22 @@ class ControlPlane:
                 {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
                  "value": value})
 
+    def _start_apiserver(self) -> subprocess.Popen:
+        api = self._start(self._api_cmd, self._api_log)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        wait_for(lambda: httpx.get(f"{self.url}/readyz", headers=headers, verify=False).status_code == 200,
+                 "kube-apiserver", api, self._api_log)
+        return api
+
+    def restart_apiserver(self) -> None:
+        """Kill kube-apiserver and start it again on the same etcd: its watch cache starts over."""
+        self._api.kill()
+        self._api.wait(timeout=30)
+        self.procs.remove(self._api)
+        self._api = self._start_apiserver()
+
     def _start(self, cmd: list[str], log: Path) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, cwd=self.work, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=self.work, stdout=log.open("a"), stderr=subprocess.STDOUT)
         self.procs.append(proc)
         return proc
 

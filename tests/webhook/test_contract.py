@@ -61,7 +61,8 @@ def test_prioritize_golden(golden_server, mode):
     reference = golden("prioritize-response.json")
     assert isinstance(answer, list) and isinstance(reference, list)
     assert [set(item) for item in answer] == [set(reference[0])] * len(answer)
-    assert [item["Host"] for item in answer] == names_of(request)
+    # Every candidate once; kube-scheduler reads the list into a map, so order does not matter.
+    assert sorted(item["Host"] for item in answer) == sorted(names_of(request))
     assert all(type(item["Score"]) is int and 0 <= item["Score"] <= 10 for item in answer)
     assert b"." not in response.content.split(b'"Score":')[1][:3]  # integers, never 8.0
 

@@ -1,0 +1,183 @@
+"""What filter and prioritize answer, built from one request shape's per-node breakdowns.
+
+At 5,000 candidate nodes a Python statement per candidate costs milliseconds, more than the latency
+budget, so the request path works in C-speed passes (`map`, `compress`, `bytes.join`):
+
+* each node's part of the answer is prepared when the node is scored: its FailedNodes entry,
+  encoded, or its place among the feasible nodes ordered by total (`NodeAnswer`, `Answers.ranked`);
+* the whole-cluster answers (every feasible node passes and is scored; every other node fails) are
+  encoded once per Answers. A request whose candidates include every node the shape accepts and
+  every node it rejects (the usual case: kube-scheduler sends all nodes its own filters passed)
+  gets them after one look-up and one count per candidate. JSON maps and kube-scheduler's host
+  list are unordered, so candidate order does not matter. Other requests take a pass per candidate.
+
+Prioritize follows `policy.scheduler_score`: the integer is non-decreasing in the total, so over
+the feasible candidates sorted by total each integer 1..10 is one contiguous band, found by
+bisection. Candidates that are not feasible get 0.
+
+Candidate names are assumed distinct, as kube-scheduler sends them.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import attrgetter, is_not, not_
+from typing import Any
+
+from extender import wire
+from scoring import policy
+from scoring.model import ScoreBreakdown
+
+UNKNOWN_NODE = "gpu-extender: node unknown (not synced yet?)"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAnswer:
+    """A node's breakdown for one shape, with its FailedNodes entry when it is rejected."""
+
+    breakdown: ScoreBreakdown
+    feasible: bool
+    unresolvable: bool
+    entry: bytes  # `"name":"gpu-extender: reason"`; empty when feasible
+
+    @classmethod
+    def of(cls, breakdown: ScoreBreakdown) -> NodeAnswer:
+        if breakdown.feasible:
+            return cls(breakdown, True, False, b"")
+        entry = wire.failed_entry(breakdown.node, f"gpu-extender: {breakdown.summary}")
+        return cls(breakdown, False, breakdown.unresolvable, entry)
+
+
+_feasible = attrgetter("feasible")
+_entry = attrgetter("entry")
+_name_json = attrgetter("name_json")
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """A feasible node in `Answers.ranked`, ordered by (total, name)."""
+
+    total: float
+    name: str
+    name_json: bytes
+
+    def __lt__(self, other: Ranked) -> bool:
+        return (self.total, self.name) < (other.total, other.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Answers:
+    """One request shape's answers on the nodes scored so far. Never changed once built (a node
+    change makes a new one with `updated`), so a request reads it without a lock."""
+
+    records: dict[str, NodeAnswer]
+    ranked: list[Ranked]  # the feasible nodes, ascending
+    rejected: int  # how many records are not feasible
+    _encoded: dict[str, bytes] = field(default_factory=dict, compare=False)  # whole-cluster answers
+
+    @classmethod
+    def empty(cls) -> Answers:
+        return cls({}, [], 0)
+
+    def updated(self, changes: Mapping[str, ScoreBreakdown | None]) -> Answers:
+        """A copy with these nodes' breakdowns replaced (None: the node is gone)."""
+        if not changes:
+            return self
+        records, ranked, rejected = dict(self.records), list(self.ranked), self.rejected
+        for name, breakdown in changes.items():
+            old = records.pop(name, None)
+            if old is not None:
+                if old.feasible:
+                    del ranked[bisect_left(ranked, Ranked(old.breakdown.total, name, b""))]
+                else:
+                    rejected -= 1
+            if breakdown is None:
+                continue
+            record = records[breakdown.node] = NodeAnswer.of(breakdown)
+            if record.feasible:
+                insort(ranked, Ranked(breakdown.total, breakdown.node, wire.name_json(breakdown.node)))
+            else:
+                rejected += 1
+        return Answers(records, ranked, rejected)
+
+    def covers(self, feasible: int, candidates: int) -> bool:
+        """Whether candidates of which `feasible` are feasible include every scored node."""
+        return feasible == len(self.ranked) and candidates - feasible == self.rejected
+
+    def encoded(self, verb: str) -> bytes:
+        """The whole-cluster answer for "filter" (NodeNames form) or "prioritize"."""
+        body = self._encoded.get(verb)
+        if body is None:
+            everything = self.records.values()
+            if verb == "filter":
+                body = _filter_result(everything, [r.name for r in self.ranked], None)
+            else:
+                body = _priorities(self.ranked, [])
+            self._encoded[verb] = body
+        return body
+
+
+def filter_answer(
+    answers: Answers, names: Sequence[str], records: Sequence[NodeAnswer | None], sent: Mapping[str, Any] | None
+) -> tuple[bytes, int]:
+    """The ExtenderFilterResult and how many nodes passed. `records` are the candidates' answers
+    in candidate order, None for nodes unknown to the view. With `sent` (nodeCacheCapable false)
+    the passing nodes go back as Node objects, else as names."""
+    unknown: list[str] = []
+    known = list(map(is_not, records, repeat(None)))
+    if not all(known):
+        unknown = list(compress(names, map(not_, known)))
+        names, records = list(compress(names, known)), list(compress(records, known))
+    flags = list(map(_feasible, records))
+    passed = sum(flags)
+    if sent is None and not unknown and answers.covers(passed, len(records)):
+        return answers.encoded("filter"), passed
+    passing = list(compress(names, flags))
+    rejected = list(compress(records, map(not_, flags)))
+    nodes = {"metadata": {}, "items": [sent[n] for n in passing]} if sent is not None else None
+    body = _filter_result(rejected, None if sent is not None else passing, nodes, unknown)
+    return body, passed
+
+
+def prioritize_answer(answers: Answers, names: Sequence[str], records: Sequence[NodeAnswer | None]) -> bytes:
+    """The HostPriorityList for the candidates `names` (`records` as for filter_answer)."""
+    known = list(map(is_not, records, repeat(None)))
+    if all(known):
+        flags = list(map(_feasible, records))
+        if sum(flags) == len(answers.ranked):  # every feasible node is a candidate
+            zeros = list(compress(names, map(not_, flags)))
+            if not zeros:
+                return answers.encoded("prioritize")
+            return _priorities(answers.ranked, zeros)
+    candidates = set(names)
+    ranked = [r for r in answers.ranked if r.name in candidates]
+    feasible = {r.name for r in ranked}
+    return _priorities(ranked, [n for n in names if n not in feasible])
+
+
+def _filter_result(
+    rejected: Any, passing: list[str] | None, nodes: dict | None, unknown: Sequence[str] = ()
+) -> bytes:
+    failed = [r.entry for r in rejected if not r.feasible and not r.unresolvable]
+    failed += [wire.failed_entry(name, UNKNOWN_NODE) for name in unknown]
+    unresolvable = [r.entry for r in rejected if r.unresolvable]
+    return wire.filter_result(nodes, passing, failed, unresolvable)
+
+
+def _priorities(ranked: Sequence[Ranked], zeros: Sequence[str]) -> bytes:
+    bands: list[tuple[int, list[bytes]]] = [(0, [wire.name_json(n) for n in zeros])]
+    if ranked:
+        low, high = ranked[0].total, ranked[-1].total
+
+        def score(entry: Ranked) -> int:
+            return policy.scheduler_score(entry.total, low, high)
+
+        start = 0
+        for value in range(1, 11):
+            end = bisect_right(ranked, value, lo=start, key=score)
+            bands.append((value, list(map(_name_json, ranked[start:end]))))
+            start = end
+    return wire.host_priorities(bands)

@@ -1,0 +1,100 @@
+"""The Watcher against a real kube-apiserver: paged lists, watch events, 410 Gone."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from extender import kube
+from extender.cluster import ClusterView
+from scoring.config import PolicyConfig
+from tests.e2e.conftest import ControlPlane
+
+NAMESPACE = "watch"
+
+
+def gpu_node(name: str) -> dict:
+    return {"kind": "Node", "metadata": {"name": name, "labels": {"nvidia.com/gpu.count": "8"}},
+            "status": {"capacity": {"nvidia.com/gpu": "8"}, "allocatable": {"nvidia.com/gpu": "8"}}}
+
+
+def pod(name: str, gpus: int, node: str) -> dict:
+    resources = {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {"requests": {"cpu": "10m"}}
+    return {"kind": "Pod", "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox", "resources": resources}]}}
+
+
+def wait_until(check, what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def watched(plane):
+    """Five GPU nodes with a GPU pod and a CPU pod each, watched through pages of two objects."""
+    uids = {}
+    for i in range(5):
+        plane.node(gpu_node(f"watch-node-{i}"))
+        for name, gpus in ((f"gpu-{i}", 1), (f"cpu-{i}", 0)):
+            uids[name] = plane.pod(pod(name, gpus, f"watch-node-{i}")).metadata.uid
+    view = ClusterView(PolicyConfig())
+    watcher = kube.Watcher(plane.core.api_client, view, page_size=2)
+    watcher.start()
+    wait_until(lambda: view.synced, "the first list")
+    yield plane, view, uids
+    watcher.stop.set()
+
+
+def test_paged_list_keeps_every_node_and_only_gpu_pods(watched):
+    plane, view, uids = watched
+    for i in range(5):
+        node = view.node(f"watch-node-{i}")
+        assert node is not None and node.allocatable["nvidia.com/gpu"] == 8
+        assert node.usage.unplanned == {"nvidia.com/gpu": 1}  # its GPU pod, counted
+        assert view.pod(uids[f"gpu-{i}"]) is not None
+        assert view.pod(uids[f"cpu-{i}"]) is None  # pods without GPUs are not kept
+
+
+def test_watch_events_update_the_view(watched):
+    plane, view, _ = watched
+    plane.pod(pod("gpu-late", 2, "watch-node-0"))
+    wait_until(lambda: view.node("watch-node-0").usage.unplanned == {"nvidia.com/gpu": 3}, "the new pod")
+    plane.core.delete_namespaced_pod("gpu-late", NAMESPACE, grace_period_seconds=0)
+    wait_until(lambda: view.node("watch-node-0").usage.unplanned == {"nvidia.com/gpu": 1}, "the deletion")
+
+
+def test_after_an_api_server_restart_old_watches_meet_410_and_the_view_recovers(tmp_path, caplog):
+    """A restarted kube-apiserver starts its watch cache over: a watch from a resourceVersion
+    older than that is answered 410 Gone. The watch returns (to re-list) instead of failing
+    into backoff, and a Watcher running through the restart sees what changed after it."""
+    plane = ControlPlane(tmp_path)
+    try:
+        plane.node(gpu_node("restart-node"))
+        view = ClusterView(PolicyConfig())
+        watcher = kube.Watcher(plane.core.api_client, view)
+        watcher.start()
+        wait_until(lambda: view.synced, "the first list")
+        old = plane.core.list_pod_for_all_namespaces(limit=1).metadata.resource_version
+        plane.pod(pod("before-restart", 1, "restart-node"))
+        plane.restart_apiserver()
+        plane.pod(pod("after-restart", 2, "restart-node"))
+        wait_until(lambda: view.node("restart-node").usage.unplanned == {"nvidia.com/gpu": 3}, "both pods", 60)
+
+        done = threading.Event()
+
+        def expired_watch():
+            watcher._watch("pods", watcher.core.list_pod_for_all_namespaces, old)
+            done.set()
+
+        with caplog.at_level(logging.INFO, logger="gpu_extender.kube"):
+            threading.Thread(target=expired_watch, daemon=True).start()
+            assert done.wait(30), "the watch did not return on 410 Gone"
+        assert f"resourceVersion {old} expired (410 Gone)" in caplog.text
+        watcher.stop.set()
+    finally:
+        plane.stop()
