@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from extender import convert, wire
 from extender.annotations import plan_to_dict
 from extender.answers import Answers, filter_answer, prioritize_answer
-from extender.cluster import ClusterView, pod_key
+from extender.cluster import ClusterView
 from extender.decisions import Decider, Decision
 from extender.preemption import victims_for
 from scoring.model import ScoreBreakdown
@@ -215,5 +215,5 @@ def _bind(view: ClusterView, decider: Decider, binder: Binder, lock: threading.L
     except BindError as exc:
         view.forget(pod)
         return f"gpu-extender: {exc}"
-    log.info("bound %s to %s: %s", pod_key(pod), args.Node, breakdown.reason)
+    log.info("bound %s/%s to %s: %s", args.PodNamespace, args.PodName, args.Node, breakdown.reason)
     return ""

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 
-from tests.e2e.conftest import EXAMPLE, ROOT, Extender
+from tests.e2e.conftest import EXAMPLE, ROOT, TOKEN, Extender
 
 PLAN = "gpu-extender.io/plan"
 TP4 = yaml.safe_load((ROOT / "examples" / "pods" / "llama70b-tp4-latency-critical.yaml").read_text())
@@ -60,6 +60,8 @@ def test_filter_prioritize_bind_and_restart(cluster):
     answer = extender.http.post("/filter", json={"Pod": again, "Nodes": None,
                                                  "NodeNames": ["h100-inf-01", "h100-inf-02"]}).json()
     assert answer["NodeNames"] == ["h100-inf-02"] and "h100-inf-01" in answer["FailedNodes"]
+    log = extender.log.read_text()
+    assert "bound inference/llama70b-chat-0 to h100-inf-01" in log and TOKEN not in log  # no credentials logged
 
 
 def test_concurrent_binds_never_hand_out_a_device_twice(cluster):
