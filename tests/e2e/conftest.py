@@ -1,5 +1,7 @@
-"""A real etcd and kube-apiserver on loopback (built by scripts/build-control-plane), and the
-extender serving them live. No kubelets: pods are API objects, and a bound pod is what we test."""
+"""A real etcd, kube-apiserver and kube-scheduler on loopback (built by scripts/build-control-plane),
+the shipped manifests applied, and the extender serving them live under its own service account.
+No kubelets: pods are API objects, and a bound pod is what we test. When a test fails, the tail of
+every component's log is attached to its report."""
 
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from kubernetes import client, config
+from kubernetes import client, config, dynamic
 
 ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
 TOKEN = "e2e-admin-token"
 
 
@@ -43,7 +46,7 @@ class ControlPlane:
     def __init__(self, work: Path):
         built = subprocess.run([str(ROOT / "scripts" / "build-control-plane")], capture_output=True, text=True)
         assert built.returncode == 0, built.stderr
-        bin_dir = Path(built.stdout.strip().splitlines()[-1])
+        self.bin_dir = bin_dir = Path(built.stdout.strip().splitlines()[-1])
         self.work = work
         subprocess.run(["openssl", "genrsa", "-out", "sa.key", "2048"], cwd=work, check=True, capture_output=True)
         subprocess.run(["openssl", "rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"], cwd=work, check=True,
@@ -70,19 +73,43 @@ class ControlPlane:
                          "--etcd-compaction-interval=2s"]  # little history: old watches meet 410 Gone
         self.url = f"https://127.0.0.1:{api_port}"
         self._api = self._start_apiserver()
+        self.ca = work / "certs" / "apiserver.crt"  # self-signed: the serving certificate and its CA
         self.kubeconfig = work / "kubeconfig"
         self.kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
-            "clusters": [{"name": "e2e", "cluster": {"server": self.url, "insecure-skip-tls-verify": True}}],
+            "clusters": [{"name": "e2e", "cluster": {"server": self.url, "certificate-authority": str(self.ca)}}],
             "users": [{"name": "admin", "user": {"token": TOKEN}}],
             "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "admin"}}],
         }))
-        api = config.new_client_from_config(config_file=str(self.kubeconfig))
-        self.core = client.CoreV1Api(api)
-        for name, value in (("gpu-latency-critical", 1_000_000), ("gpu-batch", 1_000)):
-            client.SchedulingV1Api(api).create_priority_class(
-                {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
-                 "value": value})
+        self.api = config.new_client_from_config(config_file=str(self.kubeconfig))
+        self.core = client.CoreV1Api(self.api)
+        for manifest in ("priorityclasses.yaml", "rbac.yaml"):
+            self.apply(MANIFESTS / manifest)
+
+    def apply(self, path: Path, dry_run: bool = False) -> list[dict]:
+        """Server-side apply of every document in a manifest file; the objects as the server has them."""
+        resources = dynamic.DynamicClient(self.api).resources
+        applied = []
+        for doc in yaml.safe_load_all(path.read_text()):
+            resource = resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+            namespace = doc["metadata"].get("namespace")
+            applied.append(resource.server_side_apply(
+                body=doc, name=doc["metadata"]["name"], namespace=namespace, field_manager="e2e",
+                dry_run="All" if dry_run else None).to_dict())
+        return applied
+
+    def kubeconfig_for(self, service_account: str, namespace: str = "kube-system") -> Path:
+        """A kubeconfig holding a fresh token of the service account (TokenRequest)."""
+        token = self.core.create_namespaced_service_account_token(
+            service_account, namespace, {"spec": {"expirationSeconds": 7200}}).status.token
+        path = self.work / f"kubeconfig.{service_account}"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
+            "clusters": [{"name": "e2e", "cluster": {"server": self.url, "certificate-authority": str(self.ca)}}],
+            "users": [{"name": service_account, "user": {"token": token}}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": service_account}}],
+        }))
+        return path
 
     def _start_apiserver(self) -> subprocess.Popen:
         api = self._start(self._api_cmd, self._api_log)
@@ -125,15 +152,22 @@ class ControlPlane:
                     raise
 
     def node(self, obj: dict) -> None:
-        """Create a node from a snapshot item, agent heartbeat made current; status via its subresource."""
+        """Create a node from a snapshot item, agent heartbeat made current, Ready as a kubelet
+        would report it (the API server's TaintNodesByCondition admission taints new nodes
+        not-ready until then); status via its subresource."""
         meta = {k: v for k, v in obj["metadata"].items() if k in ("name", "labels", "annotations")}
         meta = copy.deepcopy(meta)
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         if "gpu-extender.io/heartbeat" in meta.get("annotations", {}):
-            meta["annotations"]["gpu-extender.io/heartbeat"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            meta["annotations"]["gpu-extender.io/heartbeat"] = now
         self.core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": meta})
         status = obj["status"]
+        ready = {"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now,
+                 "lastTransitionTime": now}
         self.core.patch_node_status(meta["name"], {"status": {"capacity": status["capacity"],
-                                                              "allocatable": status["allocatable"]}})
+                                                              "allocatable": status["allocatable"],
+                                                              "conditions": [ready]}})
+        self.core.patch_node(meta["name"], {"spec": {"taints": None}})
 
     def pod(self, obj: dict) -> client.V1Pod:
         body = copy.deepcopy({k: v for k, v in obj.items() if k != "status"})
@@ -149,14 +183,17 @@ class ControlPlane:
 
 
 class Extender:
+    """`gpu-extender serve` in live mode, as the gpu-extender service account of manifests/rbac.yaml."""
+
     def __init__(self, plane: ControlPlane, log: Path):
         self.port = free_port()
         self.plane, self.log = plane, log
+        self.kubeconfig = plane.kubeconfig_for("gpu-extender")
         self.start()
 
     def start(self) -> None:
         exe = Path(sys.executable).with_name("gpu-extender")
-        self.proc = subprocess.Popen([str(exe), "serve", "--kubeconfig", str(self.plane.kubeconfig),
+        self.proc = subprocess.Popen([str(exe), "serve", "--kubeconfig", str(self.kubeconfig),
                                       "--port", str(self.port)], stdout=self.log.open("a"), stderr=subprocess.STDOUT)
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
         wait_for(lambda: self.http.get("/readyz").status_code == 200, "gpu-extender", self.proc, self.log)
@@ -165,6 +202,42 @@ class Extender:
         self.proc.kill()
         self.proc.wait(timeout=10)
         self.http.close()
+
+
+class Scheduler:
+    """kube-scheduler with the shipped KubeSchedulerConfiguration (manifests/scheduler-config.yaml),
+    only the extender's URL and the kubeconfig path changed; as the gpu-scheduler service account."""
+
+    def __init__(self, plane: ControlPlane, extender_port: int, log: Path):
+        shipped = yaml.safe_load((MANIFESTS / "scheduler-config.yaml").read_text())["data"]["config.yaml"]
+        kubeconfig = str(plane.kubeconfig_for("gpu-scheduler"))
+        config_ = yaml.safe_load(shipped)
+        config_["clientConnection"]["kubeconfig"] = kubeconfig
+        config_["extenders"][0]["urlPrefix"] = f"http://127.0.0.1:{extender_port}"
+        path = plane.work / "scheduler-config.yaml"
+        path.write_text(yaml.safe_dump(config_))
+        self.port = free_port()
+        self.proc = plane._start([str(plane.bin_dir / "kube-scheduler"), f"--config={path}",
+                                  f"--secure-port={self.port}", "--bind-address=127.0.0.1", "--v=2"], log)
+        self.log = log
+        wait_for(lambda: httpx.get(f"https://127.0.0.1:{self.port}/healthz", verify=False).text == "ok",
+                 "kube-scheduler", self.proc, log)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failed e2e test, attach the last lines of every component log under its temp dirs."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "tests/e2e" in str(item.fspath):
+        base = item.config._tmp_path_factory.getbasetemp()
+        for log in sorted(base.rglob("*.log")):
+            lines = log.read_text(errors="replace").splitlines()[-40:]
+            report.sections.append((f"log {log.relative_to(base)}", "\n".join(lines)))
 
 
 @pytest.fixture(scope="session")

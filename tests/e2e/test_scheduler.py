@@ -1,0 +1,220 @@
+"""The real kube-scheduler, configured by the shipped manifests, places pods through the extender.
+
+Between kube-scheduler and the extender sits a recording proxy (plain HTTP on loopback), so the
+request bodies kube-scheduler really sends are kept: compared with the fixtures under
+tests/webhook/recorded/ (rewritten with RECORD_SCHEDULER_REQUESTS=1), which the contract tests
+replay against the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.e2e.conftest import EXAMPLE, MANIFESTS, ROOT, ControlPlane, Extender, Scheduler
+
+RECORDED = ROOT / "tests" / "webhook" / "recorded"
+PODS = sorted((ROOT / "examples" / "pods").glob("*.yaml"))
+
+
+class Recorder:
+    """Forwards kube-scheduler's calls to the extender and keeps the last body of each verb."""
+
+    def __init__(self, target: str):
+        self.bodies: dict[str, bytes] = {}
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                recorder.bodies[self.path.strip("/")] = body
+                answer = httpx.post(f"{target}{self.path}", content=body,
+                                    headers={"Content-Type": "application/json"}, timeout=30)
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def scheduled(tmp_path_factory):
+    """A control plane of its own with the example cluster, the extender behind a recorder, and
+    kube-scheduler from the shipped configuration."""
+    work = tmp_path_factory.mktemp("scheduled")
+    plane = ControlPlane(work)
+    try:
+        for item in EXAMPLE:
+            if item["kind"] == "Node":
+                plane.node(item)
+        for item in EXAMPLE:
+            if item["kind"] == "Pod" and item["spec"].get("nodeName"):
+                plane.pod(item)  # pods the example shows queued would be scheduled here, changing it
+        extender = Extender(plane, work / "extender.log")
+        recorder = Recorder(f"http://127.0.0.1:{extender.port}")
+        scheduler = Scheduler(plane, recorder.port, work / "kube-scheduler.log")
+        yield plane, extender, recorder
+        scheduler.kill()
+        extender.kill()
+        recorder.server.shutdown()
+    finally:
+        plane.stop()
+
+
+def ranked_first(pod_file: Path) -> str:
+    """What `gpu-extender score` ranks first on the bundled example (no DCGM data, as live)."""
+    exe = Path(sys.executable).with_name("gpu-extender")
+    out = subprocess.run([str(exe), "score", "--pod", str(pod_file), "--cluster", str(ROOT / "examples" / "cluster.yaml"),
+                          "--output", "json"], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["nodes"][0]["node"]
+
+
+def wait_bound(core: client.CoreV1Api, name: str, namespace: str, seconds: float = 60) -> client.V1Pod:
+    deadline = time.monotonic() + seconds
+    while True:
+        pod = core.read_namespaced_pod(name, namespace)
+        if pod.spec.node_name:
+            return pod
+        assert time.monotonic() < deadline, f"{namespace}/{name} not bound: {pod.status.conditions}"
+        time.sleep(0.2)
+
+
+def planned_event(core: client.CoreV1Api, pod: client.V1Pod) -> client.CoreV1Event:
+    """The extender's GPUPlanned Event on the pod (written just after the Binding)."""
+    deadline = time.monotonic() + 10
+    while True:
+        for event in core.list_namespaced_event(pod.metadata.namespace).items:
+            if event.involved_object.uid == pod.metadata.uid and event.reason == "GPUPlanned":
+                return event
+        assert time.monotonic() < deadline, f"no GPUPlanned event on {pod.metadata.name}"
+        time.sleep(0.2)
+
+
+def delete_and_wait(core: client.CoreV1Api, name: str, namespace: str) -> None:
+    core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespaced_pod(name, namespace)
+        except client.exceptions.ApiException as exc:
+            if exc.status == 404:
+                time.sleep(1)  # the extender's watch sees the deletion
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{namespace}/{name} not deleted")
+
+
+@pytest.mark.parametrize("pod_file", PODS, ids=[p.stem for p in PODS])
+def test_examples_land_where_score_ranks_first(scheduled, pod_file):
+    plane, _, _ = scheduled
+    expected = ranked_first(pod_file)
+    manifest = yaml.safe_load(pod_file.read_text())
+    manifest["metadata"]["name"] += "-e2e"
+    created = plane.pod(manifest)
+    bound = wait_bound(plane.core, created.metadata.name, created.metadata.namespace)
+    try:
+        assert bound.spec.node_name == expected
+        plan = json.loads(bound.metadata.annotations["gpu-extender.io/plan"])
+        assert plan["node"] == expected
+        assert "gpu-extender.io/score" in bound.metadata.annotations
+        assert expected in planned_event(plane.core, created).message
+    finally:
+        delete_and_wait(plane.core, created.metadata.name, created.metadata.namespace)
+
+
+def test_a_4_gpu_latency_critical_pod_gets_the_cache_node_and_nvlink_gpus(scheduled):
+    plane, _, _ = scheduled
+    manifest = yaml.safe_load((ROOT / "examples" / "pods" / "llama70b-tp4-latency-critical.yaml").read_text())
+    created = plane.pod(manifest)
+    bound = wait_bound(plane.core, created.metadata.name, created.metadata.namespace)
+    try:
+        assert bound.spec.node_name == "h100-inf-01"  # the node that caches the model
+        plan = json.loads(bound.metadata.annotations["gpu-extender.io/plan"])
+        assert plan["gpus"] == [4, 5, 6, 7]  # one NVLink clique, the other four GPUs being taken
+        score = json.loads(bound.metadata.annotations["gpu-extender.io/score"])
+        assert score["signals"]["topology"] == 1.0
+        event = planned_event(plane.core, created)
+        assert "NVLink" in event.message and "cached" in event.message
+    finally:
+        delete_and_wait(plane.core, created.metadata.name, created.metadata.namespace)
+
+
+def test_recorded_requests_match_what_kube_scheduler_sends(scheduled):
+    """The bodies kube-scheduler sent in this run have the shape of the committed fixtures."""
+    _, _, recorder = scheduled
+    assert {"filter", "prioritize", "bind"} <= set(recorder.bodies)
+    if os.environ.get("RECORD_SCHEDULER_REQUESTS"):
+        RECORDED.mkdir(parents=True, exist_ok=True)
+        for verb, body in recorder.bodies.items():
+            (RECORDED / f"{verb}-request.json").write_text(json.dumps(json.loads(body), indent=2) + "\n")
+    for verb, body in recorder.bodies.items():
+        sent, committed = json.loads(body), json.loads((RECORDED / f"{verb}-request.json").read_text())
+        assert _shape(sent) == _shape(committed), verb
+
+
+def _shape(value, depth: int = 0):
+    """Keys and value types down to three levels (values and list lengths left out)."""
+    if isinstance(value, dict) and depth < 3:
+        return {k: _shape(v, depth + 1) for k, v in value.items() if k not in ("annotations", "labels")}
+    if isinstance(value, list):
+        return ["list"]
+    return type(value).__name__
+
+
+def test_every_manifest_passes_a_server_side_dry_run(plane):
+    files = sorted(MANIFESTS.glob("*.yaml"))
+    assert {f.name for f in files} >= {"priorityclasses.yaml", "rbac.yaml", "scheduler-config.yaml",
+                                       "gpu-scheduler.yaml", "workloads.yaml"}
+    for path in files:
+        applied = plane.apply(path, dry_run=True)
+        assert applied and all(obj["metadata"]["name"] for obj in applied), path.name
+
+
+@pytest.mark.parametrize("verb, resource, subresource, allowed", [
+    ("list", "nodes", "", True), ("watch", "nodes", "", True), ("list", "pods", "", True),
+    ("watch", "pods", "", True), ("patch", "pods", "", True), ("create", "pods", "binding", True),
+    ("create", "events", "", True),
+    ("get", "secrets", "", False), ("list", "secrets", "", False), ("delete", "pods", "", False),
+    ("create", "pods", "", False), ("update", "nodes", "", False), ("patch", "nodes", "", False),
+    ("create", "pods", "eviction", False), ("get", "configmaps", "", False),
+])
+def test_the_extender_service_account_can_do_what_it_needs_and_nothing_more(
+        plane, verb, resource, subresource, allowed):
+    review = client.AuthorizationV1Api(plane.api).create_subject_access_review({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": "system:serviceaccount:kube-system:gpu-extender",
+                 "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"],
+                 "resourceAttributes": {"verb": verb, "resource": resource, "subresource": subresource,
+                                        "namespace": "default"}}})
+    assert review.status.allowed is allowed
+
+
+def test_the_scheduler_config_manages_every_mig_resource_we_know():
+    from scoring.mig_catalog import _CATALOG
+    from scoring.model import mig_resource
+
+    shipped = yaml.safe_load(yaml.safe_load((MANIFESTS / "scheduler-config.yaml").read_text())["data"]["config.yaml"])
+    (extender,) = shipped["extenders"]
+    managed = {r["name"] for r in extender["managedResources"]}
+    known = {mig_resource(p.name) for profiles in _CATALOG.values() for p in profiles}
+    assert managed == {"nvidia.com/gpu"} | known
+    assert extender["nodeCacheCapable"] is True and extender["urlPrefix"].startswith("http://127.0.0.1:")
+    assert shipped["profiles"][0]["percentageOfNodesToScore"] == 100
