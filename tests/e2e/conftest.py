@@ -9,7 +9,9 @@ import copy
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -226,6 +228,54 @@ class Scheduler:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(timeout=10)
+
+
+class Stack:
+    """A control plane of its own with the extender (as gpu-extender) and kube-scheduler (shipped
+    configuration); `front(port)` may put something between them and return its port."""
+
+    def __init__(self, work: Path, front: Callable[[int], int] | None = None):
+        self.plane = ControlPlane(work)
+        try:
+            self.extender = Extender(self.plane, work / "extender.log")
+            port = front(self.extender.port) if front else self.extender.port
+            self.scheduler = Scheduler(self.plane, port, work / "kube-scheduler.log")
+        except BaseException:
+            self.plane.stop()
+            raise
+
+    def stop(self) -> None:
+        self.scheduler.kill()
+        self.extender.kill()
+        self.plane.stop()
+
+
+class Kubelet:
+    """What a kubelet does that the tests need: finish graceful deletions (preemption victims)."""
+
+    def __init__(self, core: client.CoreV1Api):
+        self.core, self.stop = core, threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.2):
+            for pod in self.core.list_pod_for_all_namespaces().items:
+                if pod.metadata.deletion_timestamp:
+                    try:
+                        self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace,
+                                                        grace_period_seconds=0)
+                    except client.exceptions.ApiException:
+                        pass  # gone already
+
+
+def wait_bound(core: client.CoreV1Api, name: str, namespace: str, seconds: float = 60) -> client.V1Pod:
+    deadline = time.monotonic() + seconds
+    while True:
+        pod = core.read_namespaced_pod(name, namespace)
+        if pod.spec.node_name:
+            return pod
+        assert time.monotonic() < deadline, f"{namespace}/{name} not bound: {pod.status.conditions}"
+        time.sleep(0.2)
 
 
 @pytest.hookimpl(hookwrapper=True)

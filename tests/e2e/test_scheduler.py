@@ -22,7 +22,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.e2e.conftest import EXAMPLE, MANIFESTS, ROOT, ControlPlane, Extender, Scheduler
+from tests.e2e.conftest import EXAMPLE, MANIFESTS, ROOT, Stack, wait_bound
 
 RECORDED = ROOT / "tests" / "webhook" / "recorded"
 PODS = sorted((ROOT / "examples" / "pods").glob("*.yaml"))
@@ -57,26 +57,26 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def scheduled(tmp_path_factory):
-    """A control plane of its own with the example cluster, the extender behind a recorder, and
-    kube-scheduler from the shipped configuration."""
-    work = tmp_path_factory.mktemp("scheduled")
-    plane = ControlPlane(work)
+    """The example cluster in a stack of its own, the extender behind a recorder."""
+    recorders: list[Recorder] = []
+
+    def front(port: int) -> int:
+        recorders.append(Recorder(f"http://127.0.0.1:{port}"))
+        return recorders[0].port
+
+    stack = Stack(tmp_path_factory.mktemp("scheduled"), front)
     try:
         for item in EXAMPLE:
             if item["kind"] == "Node":
-                plane.node(item)
+                stack.plane.node(item)
         for item in EXAMPLE:
             if item["kind"] == "Pod" and item["spec"].get("nodeName"):
-                plane.pod(item)  # pods the example shows queued would be scheduled here, changing it
-        extender = Extender(plane, work / "extender.log")
-        recorder = Recorder(f"http://127.0.0.1:{extender.port}")
-        scheduler = Scheduler(plane, recorder.port, work / "kube-scheduler.log")
-        yield plane, extender, recorder
-        scheduler.kill()
-        extender.kill()
-        recorder.server.shutdown()
+                stack.plane.pod(item)  # pods the example shows queued would be scheduled here, changing it
+        yield stack.plane, stack.extender, recorders[0]
     finally:
-        plane.stop()
+        stack.stop()
+        for recorder in recorders:
+            recorder.server.shutdown()
 
 
 def ranked_first(pod_file: Path) -> str:
@@ -85,16 +85,6 @@ def ranked_first(pod_file: Path) -> str:
     out = subprocess.run([str(exe), "score", "--pod", str(pod_file), "--cluster", str(ROOT / "examples" / "cluster.yaml"),
                           "--output", "json"], capture_output=True, text=True, check=True).stdout
     return json.loads(out)["nodes"][0]["node"]
-
-
-def wait_bound(core: client.CoreV1Api, name: str, namespace: str, seconds: float = 60) -> client.V1Pod:
-    deadline = time.monotonic() + seconds
-    while True:
-        pod = core.read_namespaced_pod(name, namespace)
-        if pod.spec.node_name:
-            return pod
-        assert time.monotonic() < deadline, f"{namespace}/{name} not bound: {pod.status.conditions}"
-        time.sleep(0.2)
 
 
 def planned_event(core: client.CoreV1Api, pod: client.V1Pod) -> client.CoreV1Event:
