@@ -6,14 +6,16 @@ list's resourceVersion; a watch that ends is resumed from the last resourceVersi
 Objects stay plain JSON read with orjson (`_preload_content=False`): the client's model classes
 are far too slow for tens of thousands of pods.
 
-`KubeBinder` binds: it writes the plan and the score breakdown onto the pod first (so a restarted
-extender finds every plan on the pods), then creates the Binding, then an Event on the pod.
+`KubeBinder` binds with one Binding that carries the plan and the score breakdown as annotations
+(the API server puts them on the pod with the node name, so a restarted extender finds every plan
+on the pods), then posts an Event on the pod in the background.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -33,15 +35,22 @@ from scoring.model import ScoreBreakdown
 log = logging.getLogger("gpu_extender.kube")
 WATCH_SECONDS = 300
 LIST_PAGE = 500
+EVENTS_QUEUED = 10_000
+CONNECTIONS = 64
 MAX_BACKOFF = 30.0
 
 
 def api_client(kubeconfig: Path | None) -> client.ApiClient:
-    """From a kubeconfig file, else the in-cluster service account."""
+    """From a kubeconfig file, else the in-cluster service account. The connection pool holds
+    CONNECTIONS: kube-scheduler binds many pods at once, and a call beyond the pool would open
+    (and close) a TLS connection of its own."""
+    configuration = client.Configuration()
     if kubeconfig is not None:
-        return config.new_client_from_config(config_file=str(kubeconfig))
-    config.load_incluster_config()
-    return client.ApiClient()
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = CONNECTIONS
+    return client.ApiClient(configuration)
 
 
 class Watcher:
@@ -137,41 +146,55 @@ class Watcher:
 
 
 class KubeBinder:
+    """Binds with one API call: the Binding carries the plan and score annotations, which the API
+    server copies onto the pod as it sets spec.nodeName, so a pod is never bound without its plan.
+    The GPUPlanned Event is posted afterwards by a background thread (best effort: a lost Event is
+    a lost explanation, not a lost decision)."""
+
     def __init__(self, api: client.ApiClient):
         self.core = client.CoreV1Api(api)
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=EVENTS_QUEUED)
+        threading.Thread(target=self._post_events, name="events", daemon=True).start()
 
     def bind(self, pod: dict, node: str, plan: dict[str, Any], breakdown: ScoreBreakdown) -> None:
         meta = pod.get("metadata") or {}
         name, namespace, uid = meta.get("name"), meta.get("namespace") or "default", meta.get("uid")
-        score = ann.score_to_dict(breakdown)
-        patch = {"metadata": {"annotations": {ann.PLAN: json.dumps(plan), ann.SCORE: json.dumps(score)}}}
+        notes = {ann.PLAN: json.dumps(plan), ann.SCORE: json.dumps(ann.score_to_dict(breakdown))}
+        binding = {"apiVersion": "v1", "kind": "Binding",
+                   "metadata": {"name": name, "namespace": namespace, "uid": uid, "annotations": notes},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
         try:
-            self.core.patch_namespaced_pod(name, namespace, patch, _preload_content=False)
-            body = client.V1Binding(
-                metadata=client.V1ObjectMeta(name=name, namespace=namespace, uid=uid),
-                target=client.V1ObjectReference(kind="Node", name=node, api_version="v1"),
-            )
-            self.core.create_namespaced_pod_binding(name, namespace, body, _preload_content=False)
+            self.core.create_namespaced_pod_binding(name, namespace, binding, _preload_content=False)
         except ApiException as exc:
             raise BindError(f"API server answered {exc.status} {exc.reason}: {_message(exc)}") from None
         except Exception as exc:  # connection refused, timeouts
             raise BindError(f"API server unreachable: {exc}") from None
-        self._event(name, namespace, uid, node, breakdown)
-
-    def _event(self, name: str, namespace: str, uid: str | None, node: str, breakdown: ScoreBreakdown) -> None:
-        now = datetime.now(timezone.utc)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
-            involved_object=client.V1ObjectReference(kind="Pod", name=name, namespace=namespace, uid=uid,
-                                                     api_version="v1"),
-            reason="GPUPlanned", type="Normal", count=1, first_timestamp=now, last_timestamp=now,
-            message=f"gpu-extender placed the pod on {node}: {breakdown.reason}"[:1024],
-            source=client.V1EventSource(component="gpu-extender"),
-        )
         try:
-            self.core.create_namespaced_event(namespace, event, _preload_content=False)
-        except Exception as exc:  # the pod is bound; a lost event is only a lost explanation
-            log.warning("event for %s/%s not recorded: %s", namespace, name, exc)
+            self._events.put_nowait(_event(name, namespace, uid, node, breakdown))
+        except queue.Full:
+            log.warning("event for %s/%s dropped: %d events waiting to be posted", namespace, name, EVENTS_QUEUED)
+
+    def _post_events(self) -> None:
+        while True:
+            event = self._events.get()
+            meta = event["metadata"]
+            try:
+                self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False)
+            except Exception as exc:
+                log.warning("event for %s/%s not recorded: %s", meta["namespace"],
+                            event["involvedObject"]["name"], exc)
+
+
+def _event(name: str, namespace: str, uid: str | None, node: str, breakdown: ScoreBreakdown) -> dict[str, Any]:
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{name}.", "namespace": namespace},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": namespace, "uid": uid},
+        "reason": "GPUPlanned", "type": "Normal", "count": 1, "firstTimestamp": now, "lastTimestamp": now,
+        "message": f"gpu-extender placed the pod on {node}: {breakdown.reason}"[:1024],
+        "source": {"component": "gpu-extender"},
+    }
 
 
 def _message(exc: ApiException) -> str:

@@ -210,13 +210,16 @@ class Scheduler:
     """kube-scheduler with the shipped KubeSchedulerConfiguration (manifests/scheduler-config.yaml),
     only the extender's URL and the kubeconfig path changed; as the gpu-scheduler service account."""
 
-    def __init__(self, plane: ControlPlane, extender_port: int, log: Path):
+    def __init__(self, plane: ControlPlane, extender_port: int, log: Path,
+                 edit: Callable[[dict], None] | None = None):
         shipped = yaml.safe_load((MANIFESTS / "scheduler-config.yaml").read_text())["data"]["config.yaml"]
         kubeconfig = str(plane.kubeconfig_for("gpu-scheduler"))
         config_ = yaml.safe_load(shipped)
         config_["clientConnection"]["kubeconfig"] = kubeconfig
         config_["extenders"][0]["urlPrefix"] = f"http://127.0.0.1:{extender_port}"
-        path = plane.work / "scheduler-config.yaml"
+        if edit:
+            edit(config_)  # benchmarks: variations of the shipped configuration
+        path = plane.work / f"{log.stem}-config.yaml"
         path.write_text(yaml.safe_dump(config_))
         self.port = free_port()
         self.proc = plane._start([str(plane.bin_dir / "kube-scheduler"), f"--config={path}",
@@ -275,6 +278,17 @@ def wait_bound(core: client.CoreV1Api, name: str, namespace: str, seconds: float
         if pod.spec.node_name:
             return pod
         assert time.monotonic() < deadline, f"{namespace}/{name} not bound: {pod.status.conditions}"
+        time.sleep(0.2)
+
+
+def planned_event(core: client.CoreV1Api, pod: client.V1Pod) -> client.CoreV1Event:
+    """The extender's GPUPlanned Event on the pod (written just after the Binding)."""
+    deadline = time.monotonic() + 10
+    while True:
+        for event in core.list_namespaced_event(pod.metadata.namespace).items:
+            if event.involved_object.uid == pod.metadata.uid and event.reason == "GPUPlanned":
+                return event
+        assert time.monotonic() < deadline, f"no GPUPlanned event on {pod.metadata.name}"
         time.sleep(0.2)
 
 

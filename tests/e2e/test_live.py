@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 
-from tests.e2e.conftest import EXAMPLE, ROOT, TOKEN, Extender
+from tests.e2e.conftest import EXAMPLE, ROOT, TOKEN, Extender, planned_event
 
 PLAN = "gpu-extender.io/plan"
 TP4 = yaml.safe_load((ROOT / "examples" / "pods" / "llama70b-tp4-latency-critical.yaml").read_text())
@@ -49,8 +49,7 @@ def test_filter_prioritize_bind_and_restart(cluster):
     plan = json.loads(bound.metadata.annotations[PLAN])
     assert plan["node"] == best and plan["gpus"] == [4, 5, 6, 7] and len(plan["uuids"]) == 4
     assert json.loads(bound.metadata.annotations["gpu-extender.io/score"])["signals"]["topology"] == 1.0
-    events = plane.core.list_namespaced_event(created.metadata.namespace).items
-    assert any(e.involved_object.name == created.metadata.name and e.reason == "GPUPlanned" for e in events)
+    assert best in planned_event(plane.core, created).message
     assert bind(extender, created, best) == ""  # binding again to the same node is a success
     # A restarted extender knows the plan from the pod: the node has no 4 free GPUs left.
     extender.kill()

@@ -1,0 +1,156 @@
+"""Scheduling throughput with the real kube-scheduler, with and without the extender.
+
+    python benchmarks/scheduler_throughput.py [--nodes 1000] [--pods 3000] [--qps N]
+
+One control plane (the e2e suite's: etcd, kube-apiserver, shipped manifests; built by
+scripts/build-control-plane), NODES 8-GPU nodes with the agent's NVLink topology, and twice PODS
+one-GPU batch pods, created while no scheduler runs and then scheduled by:
+
+* `plain`: kube-scheduler with the shipped configuration less the extender (profile
+  `plain-scheduler`; in-tree NodeResourcesFit counts nvidia.com/gpu, DefaultBinder binds);
+* `gpu-scheduler`: the shipped configuration, the extender (live mode, its own service account)
+  filtering, prioritizing and binding every pod.
+
+`--qps` sets kube-scheduler's client QPS (burst twice that) in both runs; without it the shipped
+configuration's default (50) applies, which caps the plain run's bindings.
+
+Pods/s is PODS over the time from the scheduler's start to the last pod bound (start-up, about a
+second, included in both). Prints both, their ratio, and writes them with the machine and date to
+benchmarks/results/scheduler_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from tests.e2e.conftest import ControlPlane, Extender, Scheduler  # noqa: E402
+from tests.e2e.test_preemption_restart import node as nvlink_node  # noqa: E402
+from webhook_latency import machine  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "scheduler_throughput.json"
+NAMESPACE = "bench"
+KUBERNETES = re.compile(r"k8s\.io/kubernetes (v[0-9.]+)")
+
+
+def pods(plane: ControlPlane, count: int, scheduler_name: str) -> None:
+    for i in range(count):
+        plane.core.create_namespaced_pod(NAMESPACE, {
+            "metadata": {"name": f"{scheduler_name}-{i:05d}"},
+            "spec": {"schedulerName": scheduler_name, "priorityClassName": "gpu-batch",
+                     "containers": [{"name": "c", "image": "busybox",
+                                     "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}})
+
+
+def bound(plane: ControlPlane) -> int:
+    listed = plane.core.list_namespaced_pod(NAMESPACE, _preload_content=False)
+    return sum(1 for p in json.loads(listed.data)["items"] if p["spec"].get("nodeName"))
+
+
+def timed(plane: ControlPlane, count: int, start) -> tuple[float, Scheduler]:
+    """Seconds from starting the scheduler to `count` pods bound; fails after 60 s without progress."""
+    started = progress = time.monotonic()
+    scheduler = start()
+    done = 0
+    while done < count:
+        time.sleep(0.25)
+        now_bound = bound(plane)
+        if now_bound > done:
+            done, progress = now_bound, time.monotonic()
+        elif time.monotonic() - progress > 60:
+            tail = "\n".join(scheduler.log.read_text().splitlines()[-5:])
+            raise RuntimeError(f"stuck at {done} of {count} pods bound; scheduler log ends:\n{tail}")
+    return time.monotonic() - started, scheduler
+
+
+def extender_seconds(metrics: str) -> dict[str, float]:
+    """Total time the extender spent answering, per verb (its request-latency histogram)."""
+    totals = {}
+    for family in text_string_to_metric_families(metrics):
+        if family.name == "gpu_extender_request_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_sum"):
+                    totals[sample.labels["verb"]] = sample.value
+    return totals
+
+
+def with_qps(qps: int | None, then=None):
+    def edit(config: dict) -> None:
+        if qps:
+            config["clientConnection"].update(qps=qps, burst=2 * qps)
+        if then:
+            then(config)
+    return edit
+
+
+def _without_extender(config: dict) -> None:
+    del config["extenders"]
+    config["profiles"][0]["schedulerName"] = "plain-scheduler"
+    config["leaderElection"]["leaderElect"] = False  # alone, and RBAC allows only the gpu-scheduler lease
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--pods", type=int, default=3000)
+    parser.add_argument("--qps", type=int, default=None)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="scheduler-throughput-"))
+    plane = ControlPlane(work)
+    try:
+        plane.namespace(NAMESPACE)
+        for i in range(args.nodes):
+            plane.node(nvlink_node(f"node-{i:04d}", "bench"))
+        print(f"{args.nodes} nodes created", flush=True)
+
+        pods(plane, args.pods, "plain-scheduler")
+        plain_s, scheduler = timed(plane, args.pods, lambda: Scheduler(
+            plane, 0, work / "plain-scheduler.log", edit=with_qps(args.qps, _without_extender)))
+        scheduler.kill()
+        plane.core.delete_collection_namespaced_pod(NAMESPACE, grace_period_seconds=0)
+        while plane.core.list_namespaced_pod(NAMESPACE, limit=1).items:
+            time.sleep(0.5)
+        print(f"plain: {args.pods} pods in {plain_s:.1f} s", flush=True)
+
+        extender = Extender(plane, work / "extender.log")
+        pods(plane, args.pods, "gpu-scheduler")
+        gpu_s, scheduler = timed(plane, args.pods, lambda: Scheduler(
+            plane, extender.port, work / "gpu-scheduler.log", edit=with_qps(args.qps)))
+        scheduler.kill()
+        server_s = extender_seconds(extender.http.get("/metrics").text)
+        extender.kill()
+        print(f"gpu-scheduler: {args.pods} pods in {gpu_s:.1f} s; inside the extender, per verb: "
+              + ", ".join(f"{verb} {total:.1f} s" for verb, total in server_s.items()), flush=True)
+    finally:
+        plane.stop()
+    row = {
+        "nodes": args.nodes, "pods": args.pods, "qps": args.qps or 50,
+        "plain_pods_per_s": round(args.pods / plain_s, 1), "extender_pods_per_s": round(args.pods / gpu_s, 1),
+        "ratio": round(plain_s / gpu_s, 3),
+        "extender_seconds_by_verb": {verb: round(total, 2) for verb, total in server_s.items()},
+    }
+    print(json.dumps(row))
+    row |= {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+            "kubernetes": KUBERNETES.search((ROOT / "tests" / "e2e" / "go.mod").read_text())[1]}
+    same = ("nodes", "pods", "qps")
+    rows = json.loads(RESULTS.read_text())["results"] if RESULTS.exists() else []
+    rows = [r for r in rows if any(r.get(k) != row[k] for k in same)] + [row]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"benchmark": "scheduler_throughput", "results": rows}, indent=2) + "\n")
+    print(f"written to {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
