@@ -52,7 +52,6 @@ class NodeAnswer:
 
 
 _feasible = attrgetter("feasible")
-_entry = attrgetter("entry")
 _name_json = attrgetter("name_json")
 
 
