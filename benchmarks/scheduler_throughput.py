@@ -36,8 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from tests.e2e.conftest import ControlPlane, Extender, Scheduler  # noqa: E402
-from tests.e2e.test_preemption_restart import node as nvlink_node  # noqa: E402
+from tests.e2e.conftest import ControlPlane, Extender, Scheduler, nvlink_node  # noqa: E402
 from webhook_latency import machine  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scheduler_throughput.json"

@@ -97,7 +97,7 @@ class Answers:
                 continue
             record = records[breakdown.node] = NodeAnswer.of(breakdown)
             if record.feasible:
-                insort(ranked, Ranked(breakdown.total, breakdown.node, wire.name_json(breakdown.node)))
+                insort(ranked, Ranked(breakdown.total, breakdown.node, wire.encode(breakdown.node)))
             else:
                 rejected += 1
         return Answers(records, ranked, rejected)
@@ -120,15 +120,14 @@ class Answers:
 
 
 def filter_answer(
-    answers: Answers, names: Sequence[str], records: Sequence[NodeAnswer | None], sent: Mapping[str, Any] | None
+    answers: Answers, names: Sequence[str], records: Sequence[NodeAnswer | None], unknown: Sequence[str],
+    sent: Mapping[str, Any] | None,
 ) -> tuple[bytes, int]:
     """The ExtenderFilterResult and how many nodes passed. `records` are the candidates' answers
-    in candidate order, None for nodes unknown to the view. With `sent` (nodeCacheCapable false)
-    the passing nodes go back as Node objects, else as names."""
-    unknown: list[str] = []
-    known = list(map(is_not, records, repeat(None)))
-    if not all(known):
-        unknown = list(compress(names, map(not_, known)))
+    in candidate order, None for the `unknown` ones (not in the view). With `sent`
+    (nodeCacheCapable false) the passing nodes go back as Node objects, else as names."""
+    if unknown:
+        known = list(map(is_not, records, repeat(None)))
         names, records = list(compress(names, known)), list(compress(records, known))
     flags = list(map(_feasible, records))
     passed = sum(flags)
@@ -141,10 +140,11 @@ def filter_answer(
     return body, passed
 
 
-def prioritize_answer(answers: Answers, names: Sequence[str], records: Sequence[NodeAnswer | None]) -> bytes:
-    """The HostPriorityList for the candidates `names` (`records` as for filter_answer)."""
-    known = list(map(is_not, records, repeat(None)))
-    if all(known):
+def prioritize_answer(
+    answers: Answers, names: Sequence[str], records: Sequence[NodeAnswer | None], unknown: Sequence[str]
+) -> bytes:
+    """The HostPriorityList for the candidates `names` (`records`, `unknown` as for filter_answer)."""
+    if not unknown:
         flags = list(map(_feasible, records))
         if sum(flags) == len(answers.ranked):  # every feasible node is a candidate
             zeros = list(compress(names, map(not_, flags)))
@@ -167,7 +167,7 @@ def _filter_result(
 
 
 def _priorities(ranked: Sequence[Ranked], zeros: Sequence[str]) -> bytes:
-    bands: list[tuple[int, list[bytes]]] = [(0, [wire.name_json(n) for n in zeros])]
+    bands: list[tuple[int, list[bytes]]] = [(0, [wire.encode(n) for n in zeros])]
     if ranked:
         low, high = ranked[0].total, ranked[-1].total
 

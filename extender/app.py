@@ -17,7 +17,6 @@ from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from extender import convert, wire
-from extender.annotations import plan_to_dict
 from extender.answers import Answers, filter_answer, prioritize_answer
 from extender.cluster import ClusterView
 from extender.decisions import Decider, Decision
@@ -108,7 +107,7 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
 
     def filter_(body: bytes) -> bytes:
         names, sent, decision, answers = decided(body)
-        answer, passed = filter_answer(answers, names, decision.records, sent)
+        answer, passed = filter_answer(answers, names, decision.records, decision.unknown, sent)
         request = decision.request
         metrics.decisions.labels(request.workload_class.value, "feasible" if passed else "unschedulable").inc()
         log.info("filter %s (%s): %d of %d nodes fit", request.key, request.workload_class.value, passed, len(names))
@@ -116,7 +115,7 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
 
     def prioritize(body: bytes) -> bytes:
         names, _, decision, answers = decided(body)
-        return prioritize_answer(answers, names, decision.records)
+        return prioritize_answer(answers, names, decision.records, decision.unknown)
 
     def bind(body: bytes) -> bytes:
         args = wire.decode(body, wire.ExtenderBindingArgs)
@@ -207,9 +206,7 @@ def _bind(view: ClusterView, decider: Decider, binder: Binder, lock: threading.L
         if breakdown is None or not breakdown.feasible:
             reason = breakdown.reason if breakdown else "node unknown to gpu-extender"
             return f"gpu-extender: {args.Node} no longer fits {args.PodNamespace}/{args.PodName}: {reason}"
-        view.assume(pod, args.Node, breakdown.plan)
-        node = view.node(args.Node)
-        plan = plan_to_dict(breakdown.plan, node) if node else {"node": args.Node}
+        plan = view.assume(pod, args.Node, breakdown.plan)
     try:
         binder.bind(dict(pod), args.Node, plan, breakdown)
     except BindError as exc:

@@ -150,19 +150,18 @@ class ClusterView:
 
     # --- plans being bound -----------------------------------------------------------------
 
-    def assume(self, pod: Obj, node_name: str, plan: Plan) -> None:
-        """Count `plan` as held on `node_name` until the watch shows the pod bound (or `forget`)."""
+    def assume(self, pod: Obj, node_name: str, plan: Plan) -> dict[str, Any]:
+        """Count `plan` as held on `node_name` until the watch shows the pod bound (or `forget`);
+        returns the plan in its annotation form."""
         with self._lock:
             entry = self._built.get(node_name)
-            node = entry[0] if entry else None
+            written = plan_to_dict(plan, entry[0]) if entry else {"node": node_name}
             held = copy.deepcopy(dict(pod))
             held.setdefault("spec", {})["nodeName"] = node_name
-            held.setdefault("metadata", {}).setdefault("annotations", {})[ann.PLAN] = json.dumps(
-                plan_to_dict(plan, node) if node else {"node": node_name}
-            )
-            key = pod_key(pod)
-            self._assumed[key] = (node_name, held)
+            held.setdefault("metadata", {}).setdefault("annotations", {})[ann.PLAN] = json.dumps(written)
+            self._assumed[pod_key(pod)] = (node_name, held)
             self._rebuild(node_name)
+            return written
 
     def forget(self, pod: Obj) -> None:
         with self._lock:

@@ -105,7 +105,7 @@ class Decider:
 
             answers = answers.updated({name: score(name) for name in changed})
             records = list(map(answers.records.get, names))
-            if not all(map(is_not, records, repeat(None))):
+            if _missing(records):
                 answers = answers.updated({
                     name: breakdown for name, r in zip(names, records) if r is None and (breakdown := score(name))
                 })
@@ -114,16 +114,14 @@ class Decider:
             cache.answers = answers
             if grown:
                 self._trim()
-        if sent and not all(map(is_not, records, repeat(None))):
+        if sent and _missing(records):
             answers = answers.updated({
                 name: policy.score_node(
                     convert.gpu_node(sent[name], [], now, view.config), request, spread, samples, now, view.config)
                 for name, r in zip(names, records) if r is None and name in sent
             })
             records = list(map(answers.records.get, names))
-        unknown = ()
-        if not all(map(is_not, records, repeat(None))):
-            unknown = tuple(name for name, r in zip(names, records) if r is None)
+        unknown = tuple(name for name, r in zip(names, records) if r is None) if _missing(records) else ()
         return Decision(request, records, unknown), answers
 
     def _shape(self, shape: tuple) -> _ShapeCache:
@@ -164,6 +162,11 @@ class Decider:
         doc = report(decision.request, ranked, nodes)
         doc["unknownNodes"] = list(decision.unknown)
         return doc
+
+
+def _missing(records: Sequence[NodeAnswer | None]) -> bool:
+    """Whether any candidate has no answer (one C-speed pass: identity tests, no look-ups)."""
+    return not all(map(is_not, records, repeat(None)))
 
 
 def _fresh_until(node: GpuNode, samples: Mapping[str, GpuSample], ttl: float, now: float) -> float:

@@ -95,11 +95,6 @@ def encode(value: Any) -> bytes:
 # joins them here (bytes.join over pieces runs at C speed).
 
 
-def name_json(name: str) -> bytes:
-    """A node name as a JSON string."""
-    return _encoder.encode(name)
-
-
 def failed_entry(name: str, message: str) -> bytes:
     """One `FailedNodesMap` entry: `"name":"message"`."""
     return _encoder.encode(name) + b":" + _encoder.encode(message)

@@ -57,7 +57,7 @@ def test_answers_match_the_per_node_computation(history, data):
     names = data.draw(st.permutations(names + unknown))
     records = [answers.records.get(n) for n in names]
 
-    result = json.loads(filter_answer(answers, names, records, None)[0])
+    result = json.loads(filter_answer(answers, names, records, unknown, None)[0])
     # kube-scheduler looks each NodeNames entry up and reads FailedNodes into a map: order does not matter.
     assert sorted(result["NodeNames"]) == sorted(n for n in names if n in expected and expected[n].feasible)
     assert result["Nodes"] is None and result["Error"] == ""
@@ -69,7 +69,7 @@ def test_answers_match_the_per_node_computation(history, data):
     assert result["FailedAndUnresolvableNodes"] == {
         n: f"gpu-extender: {expected[n].summary}" for n in names if n in expected and expected[n].unresolvable}
 
-    priorities = json.loads(prioritize_answer(answers, names, records))
+    priorities = json.loads(prioritize_answer(answers, names, records, unknown))
     assert sorted(p["Host"] for p in priorities) == sorted(names)
     reference = policy.scheduler_scores(expected[n] for n in names if n in expected)
     assert {p["Host"]: p["Score"] for p in priorities} == {**dict.fromkeys(unknown, 0), **reference}
@@ -81,7 +81,7 @@ def test_filter_answer_returns_node_objects_when_nodes_were_sent():
         "b": ScoreBreakdown("b", False, False, 0.0, {}, Plan(), "full", summary="full"),
     })
     sent = {"a": {"metadata": {"name": "a"}}, "b": {"metadata": {"name": "b"}}}
-    body, passed = filter_answer(answers, ["a", "b"], [answers.records["a"], answers.records["b"]], sent)
+    body, passed = filter_answer(answers, ["a", "b"], [answers.records["a"], answers.records["b"]], [], sent)
     assert passed == 1
     assert json.loads(body) == {
         "Nodes": {"metadata": {}, "items": [{"metadata": {"name": "a"}}]}, "NodeNames": None,

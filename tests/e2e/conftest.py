@@ -6,12 +6,13 @@ every component's log is attached to its report."""
 from __future__ import annotations
 
 import copy
-import socket
+import json
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,15 +21,21 @@ import pytest
 import yaml
 from kubernetes import client, config, dynamic
 
+from tests.webhook.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
+T = TypeVar("T")
 TOKEN = "e2e-admin-token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_until(check: Callable[[], T | None], what: str, seconds: float = 30) -> T:
+    """Poll `check` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + seconds
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return value
 
 
 def wait_for(check, what: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
@@ -272,24 +279,19 @@ class Kubelet:
 
 
 def wait_bound(core: client.CoreV1Api, name: str, namespace: str, seconds: float = 60) -> client.V1Pod:
-    deadline = time.monotonic() + seconds
-    while True:
+    def bound() -> client.V1Pod | None:
         pod = core.read_namespaced_pod(name, namespace)
-        if pod.spec.node_name:
-            return pod
-        assert time.monotonic() < deadline, f"{namespace}/{name} not bound: {pod.status.conditions}"
-        time.sleep(0.2)
+        return pod if pod.spec.node_name else None
+
+    return wait_until(bound, f"{namespace}/{name} to be bound (kube-scheduler's log says why not)", seconds)
 
 
 def planned_event(core: client.CoreV1Api, pod: client.V1Pod) -> client.CoreV1Event:
-    """The extender's GPUPlanned Event on the pod (written just after the Binding)."""
-    deadline = time.monotonic() + 10
-    while True:
-        for event in core.list_namespaced_event(pod.metadata.namespace).items:
-            if event.involved_object.uid == pod.metadata.uid and event.reason == "GPUPlanned":
-                return event
-        assert time.monotonic() < deadline, f"no GPUPlanned event on {pod.metadata.name}"
-        time.sleep(0.2)
+    """The extender's GPUPlanned Event on the pod (posted just after the Binding)."""
+    return wait_until(lambda: next((
+        e for e in core.list_namespaced_event(pod.metadata.namespace).items
+        if e.involved_object.uid == pod.metadata.uid and e.reason == "GPUPlanned"), None),
+        f"a GPUPlanned event on {pod.metadata.name}", 10)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -312,3 +314,15 @@ def plane(tmp_path_factory) -> ControlPlane:
 
 
 EXAMPLE = yaml.safe_load((ROOT / "examples" / "cluster.yaml").read_text())["items"]
+
+
+def nvlink_node(name: str, pool: str) -> dict:
+    """An 8-GPU NVLink node with the agent's topology (GPU indices in plans), in a pool."""
+    item = copy.deepcopy(next(i for i in EXAMPLE if i["kind"] == "Node" and i["metadata"]["name"] == "h100-train-01"))
+    item["metadata"]["name"] = name
+    item["metadata"]["labels"] = {**item["metadata"]["labels"], "kubernetes.io/hostname": name, "pool": pool}
+    topology = json.loads(item["metadata"]["annotations"]["gpu-extender.io/gpu-topology"])
+    for gpu in topology["gpus"]:
+        gpu["uuid"] = f"GPU-{name}-{gpu['index']}"
+    item["metadata"]["annotations"]["gpu-extender.io/gpu-topology"] = json.dumps(topology)
+    return item

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections import Counter
@@ -10,10 +9,9 @@ from collections import Counter
 import pytest
 from kubernetes import client
 
-from tests.e2e.conftest import EXAMPLE, Kubelet, Stack, wait_bound
+from tests.e2e.conftest import Kubelet, Stack, nvlink_node, wait_bound, wait_until
 
 NAMESPACE = "e2e"
-NVLINK8 = next(i for i in EXAMPLE if i["kind"] == "Node" and i["metadata"]["name"] == "h100-train-01")
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +25,6 @@ def stack(tmp_path_factory):
     yield stack
     kubelet.stop.set()
     stack.stop()
-
-
-def node(name: str, pool: str) -> dict:
-    """An 8-GPU NVLink node with the agent's topology (GPU indices in plans), in a pool."""
-    item = copy.deepcopy(NVLINK8)
-    item["metadata"]["name"] = name
-    item["metadata"]["labels"] = {**item["metadata"]["labels"], "kubernetes.io/hostname": name, "pool": pool}
-    topology = json.loads(item["metadata"]["annotations"]["gpu-extender.io/gpu-topology"])
-    for gpu in topology["gpus"]:
-        gpu["uuid"] = f"GPU-{name}-{gpu['index']}"
-    item["metadata"]["annotations"]["gpu-extender.io/gpu-topology"] = json.dumps(topology)
-    return item
 
 
 def gpu_pod(name: str, gpus: int, pool: str, priority_class: str, annotations: dict | None = None) -> dict:
@@ -55,7 +41,7 @@ def pods_named(core: client.CoreV1Api, prefix: str) -> list[client.V1Pod]:
 
 def test_latency_critical_pods_evict_batch_pods_and_batch_pods_never_evict_them(stack):
     plane = stack.plane
-    plane.node(node("preempt-0", "preempt"))
+    plane.node(nvlink_node("preempt-0", "preempt"))
     for i in range(8):
         plane.pod(gpu_pod(f"batch-{i}", 1, "preempt", "gpu-batch"))
     for i in range(8):
@@ -75,10 +61,8 @@ def test_latency_critical_pods_evict_batch_pods_and_batch_pods_never_evict_them(
     # A pod of the batch class never evicts the latency-critical one. Its priority is higher, so
     # kube-scheduler's own dry run offers every pod on the node as victims; the extender refuses.
     plane.pod(gpu_pod("urgent-batch", 8, "preempt", "e2e-urgent-batch", {"gpu-extender.io/class": "batch"}))
-    deadline = time.monotonic() + 30
-    while f"preempt {NAMESPACE}/urgent-batch: 0 of 1 nodes can make room" not in stack.extender.log.read_text():
-        assert time.monotonic() < deadline, "kube-scheduler never asked the extender to preempt for urgent-batch"
-        time.sleep(0.5)
+    refused = f"preempt {NAMESPACE}/urgent-batch: 0 of 1 nodes can make room"
+    wait_until(lambda: refused in stack.extender.log.read_text(), "the extender to refuse preempting for urgent-batch")
     time.sleep(2)
     assert not plane.core.read_namespaced_pod("urgent-batch", NAMESPACE).spec.node_name
     assert plane.core.read_namespaced_pod("inference", NAMESPACE).metadata.deletion_timestamp is None
@@ -88,21 +72,19 @@ def test_latency_critical_pods_evict_batch_pods_and_batch_pods_never_evict_them(
 def test_an_extender_killed_while_200_pods_are_scheduled_binds_them_all_afterwards(stack):
     plane, extender = stack.plane, stack.extender
     for i in range(30):
-        plane.node(node(f"burst-{i:02d}", "burst"))
+        plane.node(nvlink_node(f"burst-{i:02d}", "burst"))
     for i in range(200):
         plane.pod(gpu_pod(f"burst-{i:03d}", 1, "burst", "gpu-batch"))
         if i == 60:
             extender.kill()  # while kube-scheduler is busy with the first ones
     time.sleep(3)
     extender.start()
-    deadline = time.monotonic() + 240
-    while True:
+
+    def all_bound() -> list[client.V1Pod] | None:
         pods = pods_named(plane.core, "burst-")
-        unbound = [p.metadata.name for p in pods if not p.spec.node_name]
-        if not unbound:
-            break
-        assert time.monotonic() < deadline, f"{len(unbound)} pods still unbound, e.g. {unbound[:5]}"
-        time.sleep(1)
+        return pods if all(p.spec.node_name for p in pods) else None
+
+    pods = wait_until(all_bound, "every burst pod to be bound", 240)
     assert len(pods) == 200
     devices = Counter()
     for pod in pods:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.e2e.conftest import EXAMPLE, MANIFESTS, ROOT, Stack, planned_event, wait_bound
+from tests.e2e.conftest import EXAMPLE, MANIFESTS, ROOT, Stack, planned_event, wait_bound, wait_until
 
 RECORDED = ROOT / "tests" / "webhook" / "recorded"
 PODS = sorted((ROOT / "examples" / "pods").glob("*.yaml"))
@@ -89,16 +89,16 @@ def ranked_first(pod_file: Path) -> str:
 
 def delete_and_wait(core: client.CoreV1Api, name: str, namespace: str) -> None:
     core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
             core.read_namespaced_pod(name, namespace)
         except client.exceptions.ApiException as exc:
-            if exc.status == 404:
-                time.sleep(1)  # the extender's watch sees the deletion
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"{namespace}/{name} not deleted")
+            return exc.status == 404
+        return False
+
+    wait_until(gone, f"{namespace}/{name} to be deleted")
+    time.sleep(1)  # the extender's watch sees the deletion
 
 
 @pytest.mark.parametrize("pod_file", PODS, ids=[p.stem for p in PODS])

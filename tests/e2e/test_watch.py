@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import pytest
 
 from extender import kube
 from extender.cluster import ClusterView
 from scoring.config import PolicyConfig
-from tests.e2e.conftest import ControlPlane
+from tests.e2e.conftest import ControlPlane, wait_until
 
 NAMESPACE = "watch"
 
@@ -25,13 +24,6 @@ def pod(name: str, gpus: int, node: str) -> dict:
     resources = {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {"requests": {"cpu": "10m"}}
     return {"kind": "Pod", "metadata": {"name": name, "namespace": NAMESPACE},
             "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox", "resources": resources}]}}
-
-
-def wait_until(check, what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

@@ -214,26 +214,18 @@ def test_headroom_selector_must_match_every_label():
 
 @pytest.mark.parametrize("make", [plain_node, nvlinked_node])
 @pytest.mark.parametrize("gpus", [1, 2])
-def test_batch_packs_onto_the_more_allocated_node(make, gpus):
+@pytest.mark.parametrize("workload_class, winner, loser", [
+    (BATCH, "fuller", "emptier"),  # batch packs onto the more allocated node
+    (LC, "emptier", "fuller"),  # latency-critical spreads onto the less allocated one
+])
+def test_batch_packs_and_latency_critical_spreads(make, gpus, workload_class, winner, loser):
     nodes = [make("emptier", held=1), make("fuller", held=5)]
-    d = decide(nodes, request(BATCH, gpus=gpus))
-    assert d["fuller"].feasible and d["emptier"].feasible
-    assert d["fuller"].total > d["emptier"].total
-    assert d["fuller"].score == 10
-    assert d["emptier"].score < 10
-    assert [x.node for x in policy.evaluate(nodes, request(BATCH, gpus=gpus), {}, NOW, CONFIG)][0] == "fuller"
-
-
-@pytest.mark.parametrize("make", [plain_node, nvlinked_node])
-@pytest.mark.parametrize("gpus", [1, 2])
-def test_latency_critical_spreads_onto_the_less_allocated_node(make, gpus):
-    nodes = [make("emptier", held=1), make("fuller", held=5)]
-    d = decide(nodes, request(LC, gpus=gpus))
-    assert d["fuller"].feasible and d["emptier"].feasible
-    assert d["emptier"].total > d["fuller"].total
-    assert d["emptier"].score == 10
-    assert d["fuller"].score < 10
-    assert [x.node for x in policy.evaluate(nodes, request(LC, gpus=gpus), {}, NOW, CONFIG)][0] == "emptier"
+    d = decide(nodes, request(workload_class, gpus=gpus))
+    assert d[winner].feasible and d[loser].feasible
+    assert d[winner].total > d[loser].total
+    assert d[winner].score == 10
+    assert d[loser].score < 10
+    assert [x.node for x in policy.evaluate(nodes, request(workload_class, gpus=gpus), {}, NOW, CONFIG)][0] == winner
 
 
 def test_signals_that_do_not_apply_leave_the_total_unchanged():
