@@ -10,6 +10,8 @@ budget, so the request path works in C-speed passes (`map`, `compress`, `bytes.j
   every node it rejects (the usual case: kube-scheduler sends all nodes its own filters passed)
   gets them after one look-up and one count per candidate. JSON maps and kube-scheduler's host
   list are unordered, so candidate order does not matter. Other requests take a pass per candidate.
+* kube-scheduler then sends prioritize the very list filter answered with: a byte comparison with
+  that list (`passed_back`) stands for the look-ups.
 
 Prioritize follows `policy.scheduler_score`: the integer is non-decreasing in the total, so over
 the feasible candidates sorted by total each integer 1..10 is one contiguous band, found by
@@ -107,12 +109,14 @@ class Answers:
         return feasible == len(self.ranked) and candidates - feasible == self.rejected
 
     def encoded(self, verb: str) -> bytes:
-        """The whole-cluster answer for "filter" (NodeNames form) or "prioritize"."""
+        """The whole-cluster answer for "filter" (NodeNames form) or "prioritize", or for "passing"
+        the NodeNames array of that filter answer, as its bytes."""
         body = self._encoded.get(verb)
         if body is None:
-            everything = self.records.values()
             if verb == "filter":
-                body = _filter_result(everything, [r.name for r in self.ranked], None)
+                body = _filter_result(self.records.values(), [r.name for r in self.ranked], None)
+            elif verb == "passing":
+                body = b"[" + b",".join(map(_name_json, self.ranked)) + b"]"
             else:
                 body = _priorities(self.ranked, [])
             self._encoded[verb] = body
@@ -138,6 +142,16 @@ def filter_answer(
     nodes = {"metadata": {}, "items": [sent[n] for n in passing]} if sent is not None else None
     body = _filter_result(rejected, None if sent is not None else passing, nodes, unknown)
     return body, passed
+
+
+def passed_back(answers: Answers, node_names: bytes) -> bytes | None:
+    """The whole-cluster HostPriorityList when a prioritize request's NodeNames (its JSON bytes)
+    are exactly the NodeNames of the whole-cluster filter answer, else None.
+
+    kube-scheduler sends prioritize the nodes a filtering extender kept, in the order it answered,
+    so after a whole-cluster filter answer this one byte comparison replaces a look-up per node.
+    """
+    return answers.encoded("prioritize") if node_names == answers.encoded("passing") else None
 
 
 def prioritize_answer(

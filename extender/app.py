@@ -17,11 +17,11 @@ from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from extender import convert, wire
-from extender.answers import Answers, filter_answer, prioritize_answer
+from extender.answers import Answers, filter_answer, passed_back, prioritize_answer
 from extender.cluster import ClusterView
 from extender.decisions import Decider, Decision
 from extender.preemption import victims_for
-from scoring.model import ScoreBreakdown
+from scoring.model import PodRequest, ScoreBreakdown
 
 log = logging.getLogger("gpu_extender")
 JSON = "application/json"
@@ -98,15 +98,17 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
 
         return route
 
-    def decided(body: bytes) -> tuple[list[str], dict[str, dict] | None, Decision, Answers]:
-        args = wire.decode(body, wire.ExtenderArgs)
+    def decided(
+        args: wire.ExtenderArgs, request: PodRequest
+    ) -> tuple[list[str], dict[str, dict] | None, Decision, Answers]:
         names, sent = _candidates(args)
-        decision, answers = decider.answer(args.Pod, names, sent)
+        decision, answers = decider.answer(request, names, sent)
         decider.remember(decision)
         return names, sent, decision, answers
 
     def filter_(body: bytes) -> bytes:
-        names, sent, decision, answers = decided(body)
+        args = wire.decode(body, wire.ExtenderArgs)
+        names, sent, decision, answers = decided(args, decider.request(args.Pod))
         answer, passed = filter_answer(answers, names, decision.records, decision.unknown, sent)
         request = decision.request
         metrics.decisions.labels(request.workload_class.value, "feasible" if passed else "unschedulable").inc()
@@ -114,7 +116,11 @@ def create_app(view: ClusterView, binder: Binder) -> FastAPI:
         return answer
 
     def prioritize(body: bytes) -> bytes:
-        names, _, decision, answers = decided(body)
+        args = wire.decode(body, wire.PrioritizeArgs)
+        request = decider.request(args.Pod)
+        if args.Nodes is None and (answer := passed_back(decider.answers(request), bytes(args.NodeNames))):
+            return answer
+        names, _, decision, answers = decided(args.args(), request)
         return prioritize_answer(answers, names, decision.records, decision.unknown)
 
     def bind(body: bytes) -> bytes:

@@ -70,59 +70,74 @@ class Decider:
     def decide(
         self, pod: Mapping[str, Any], names: Sequence[str], sent: Mapping[str, Mapping[str, Any]] | None = None
     ) -> Decision:
-        return self.answer(pod, names, sent)[0]
+        return self.answer(self.request(pod), names, sent)[0]
+
+    def answers(self, request: PodRequest) -> Answers:
+        """The request shape's Answers, brought up to date (nodes changed since are scored again)."""
+        with self._lock:
+            return self._refreshed(request, ())[1]
 
     def answer(
-        self, pod: Mapping[str, Any], names: Sequence[str], sent: Mapping[str, Mapping[str, Any]] | None = None
+        self, request: PodRequest, names: Sequence[str], sent: Mapping[str, Mapping[str, Any]] | None = None
     ) -> tuple[Decision, Answers]:
         """Breakdowns for `names`, and the shape's Answers (with the nodes from `sent`). `sent`
         holds Node objects from the request (nodeCacheCapable false); they are used only for nodes
         the view does not know yet."""
-        request = self.request(pod)
+        view = self.view
+        with self._lock:
+            now, answers, records = self._refreshed(request, names)
+        if sent and _missing(records):
+            spread = view.model_spread(request)
+            answers = answers.updated({
+                name: policy.score_node(convert.gpu_node(sent[name], [], now, view.config), request, spread,
+                                        view.samples, now, view.config)
+                for name, r in zip(names, records) if r is None and name in sent
+            })
+            records = list(map(answers.records.get, names))
+        unknown = tuple(name for name, r in zip(names, records) if r is None) if _missing(records) else ()
+        return Decision(request, records, unknown), answers
+
+    def _refreshed(
+        self, request: PodRequest, names: Sequence[str]
+    ) -> tuple[float, Answers, list[NodeAnswer | None]]:
+        """(now, the shape's Answers, the answers for `names`): nodes changed since the last request
+        are scored again, and so are `names` the view knows but the shape has not scored yet.
+        Called with the lock held."""
         view = self.view
         spread = view.model_spread(request)
         shape = (
             request.workload_class, request.gpus, tuple(sorted(request.mig.items())),
             request.model, request.model_size, request.model_required,
         )
-        with self._lock:
-            now = view.now()
-            samples, samples_revision = view.samples, view.samples_revision
-            cache = self._shape(shape)
-            seq, changed = view.changes_since(cache.seq)
-            answers = cache.answers
-            if (changed is None or cache.samples_revision != samples_revision or cache.spread != spread
-                    or now >= cache.until):
-                answers, changed, cache.until = Answers.empty(), [], float("inf")
-            cache.seq, cache.samples_revision, cache.spread = seq, samples_revision, spread
+        now = view.now()
+        samples, samples_revision = view.samples, view.samples_revision
+        cache = self._shape(shape)
+        seq, changed = view.changes_since(cache.seq)
+        answers = cache.answers
+        if (changed is None or cache.samples_revision != samples_revision or cache.spread != spread
+                or now >= cache.until):
+            answers, changed, cache.until = Answers.empty(), [], float("inf")
+        cache.seq, cache.samples_revision, cache.spread = seq, samples_revision, spread
 
-            def score(name: str) -> ScoreBreakdown | None:
-                node = view.node(name)
-                if node is None:
-                    return None
-                cache.until = min(cache.until, _fresh_until(node, samples, view.config.utilization.ttl_seconds, now))
-                return policy.score_node(node, request, spread, samples, now, view.config)
+        def score(name: str) -> ScoreBreakdown | None:
+            node = view.node(name)
+            if node is None:
+                return None
+            cache.until = min(cache.until, _fresh_until(node, samples, view.config.utilization.ttl_seconds, now))
+            return policy.score_node(node, request, spread, samples, now, view.config)
 
-            answers = answers.updated({name: score(name) for name in changed})
-            records = list(map(answers.records.get, names))
-            if _missing(records):
-                answers = answers.updated({
-                    name: breakdown for name, r in zip(names, records) if r is None and (breakdown := score(name))
-                })
-                records = list(map(answers.records.get, names))
-            grown = len(answers.records) > len(cache.answers.records)
-            cache.answers = answers
-            if grown:
-                self._trim()
-        if sent and _missing(records):
+        answers = answers.updated({name: score(name) for name in changed})
+        records = list(map(answers.records.get, names))
+        if _missing(records):
             answers = answers.updated({
-                name: policy.score_node(
-                    convert.gpu_node(sent[name], [], now, view.config), request, spread, samples, now, view.config)
-                for name, r in zip(names, records) if r is None and name in sent
+                name: breakdown for name, r in zip(names, records) if r is None and (breakdown := score(name))
             })
             records = list(map(answers.records.get, names))
-        unknown = tuple(name for name, r in zip(names, records) if r is None) if _missing(records) else ()
-        return Decision(request, records, unknown), answers
+        grown = len(answers.records) > len(cache.answers.records)
+        cache.answers = answers
+        if grown:
+            self._trim()
+        return now, answers, records
 
     def _shape(self, shape: tuple) -> _ShapeCache:
         cache = self._shapes.get(shape)

@@ -22,6 +22,18 @@ class ExtenderArgs(msgspec.Struct):
     NodeNames: list[str] | None = None
 
 
+class PrioritizeArgs(msgspec.Struct):
+    """ExtenderArgs as prioritize reads them: `NodeNames` kept as its JSON bytes, decoded only when
+    they are not the list filter answered with (extender/answers.py `passed_back`)."""
+
+    Pod: Obj
+    Nodes: Obj | None = None
+    NodeNames: msgspec.Raw = msgspec.Raw(b"null")
+
+    def args(self) -> ExtenderArgs:
+        return ExtenderArgs(self.Pod, self.Nodes, decode(self.NodeNames, list[str] | None, "ExtenderArgs.NodeNames"))
+
+
 class ExtenderFilterResult(msgspec.Struct, omit_defaults=False):
     Nodes: Obj | None = None
     NodeNames: list[str] | None = None
@@ -74,16 +86,18 @@ _decoders: dict[type, msgspec.json.Decoder] = {}
 _encoder = msgspec.json.Encoder()
 
 
-def decode(body: bytes, kind: type[T]) -> T:
+def decode(body: bytes | msgspec.Raw, kind: type[T], what: str = "") -> T:
+    """`body` decoded as `kind`; `what` names it in errors (default: the type's name)."""
+    what = what or kind.__name__
     decoder = _decoders.get(kind)
     if decoder is None:
         decoder = _decoders[kind] = msgspec.json.Decoder(kind)
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise WireError(f"{kind.__name__}: {exc}") from None
+        raise WireError(f"{what}: {exc}") from None
     except msgspec.DecodeError as exc:
-        raise WireError(f"{kind.__name__}: body is not JSON ({exc})") from None
+        raise WireError(f"{what}: body is not JSON ({exc})") from None
 
 
 def encode(value: Any) -> bytes:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extender.answers import UNKNOWN_NODE, Answers, filter_answer, prioritize_answer
+from extender.answers import UNKNOWN_NODE, Answers, filter_answer, passed_back, prioritize_answer
 from scoring import policy
 from scoring.model import Plan, ScoreBreakdown
 
@@ -87,3 +88,26 @@ def test_filter_answer_returns_node_objects_when_nodes_were_sent():
         "Nodes": {"metadata": {}, "items": [{"metadata": {"name": "a"}}]}, "NodeNames": None,
         "FailedNodes": {"b": "gpu-extender: full"}, "FailedAndUnresolvableNodes": {}, "Error": "",
     }
+
+
+@settings(max_examples=300, deadline=None)
+@given(histories(), st.data())
+def test_prioritize_of_the_filtered_list_is_the_whole_cluster_answer(history, data):
+    """What kube-scheduler sends after a whole-cluster filter answer (that answer's NodeNames, as
+    JSON) gets the answer the per-node computation gives; any other list is not recognised."""
+    answers, expected = history
+    known = sorted(expected)
+    names = data.draw(st.lists(st.sampled_from(known), unique=True) if known else st.just([]))
+    records = [answers.records.get(n) for n in names]
+    filtered = json.loads(filter_answer(answers, names, records, (), None)[0])["NodeNames"]
+    answer = passed_back(answers, msgspec.json.encode(filtered))
+    feasible = sorted(n for n, b in expected.items() if b.feasible)
+    if sorted(names) == sorted(expected):  # a whole-cluster filter answer: recognised in its order only
+        assert answer is not None
+        if len(filtered) > 1:
+            assert passed_back(answers, msgspec.json.encode(filtered[::-1])) is None
+    if sorted(filtered) != feasible:
+        assert answer is None  # some feasible node was not a candidate
+    if answer is not None:
+        reference = policy.scheduler_scores(expected[n] for n in filtered)
+        assert {p["Host"]: p["Score"] for p in json.loads(answer)} == reference
