@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -25,6 +27,7 @@ from tests.webhook.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
+RECORDED = ROOT / "tests" / "webhook" / "recorded"
 T = TypeVar("T")
 TOKEN = "e2e-admin-token"
 
@@ -240,15 +243,69 @@ class Scheduler:
         self.proc.wait(timeout=10)
 
 
+class Recorder:
+    """Sits between kube-scheduler and the extender, forwards every call and keeps the last body of
+    each verb: the requests kube-scheduler really sends, for tests/webhook/recorded/."""
+
+    def __init__(self, target: str):
+        self.bodies: dict[str, bytes] = {}
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                recorder.bodies[self.path.strip("/")] = body
+                answer = httpx.post(f"{target}{self.path}", content=body,
+                                    headers={"Content-Type": "application/json"}, timeout=30)
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def check(self, verbs: list[str]) -> None:
+        """These verbs were called, with bodies shaped like the committed fixtures (which
+        RECORD_SCHEDULER_REQUESTS=1 rewrites from this run)."""
+        assert set(verbs) <= set(self.bodies)
+        for verb in verbs:
+            body = json.loads(self.bodies[verb])
+            if os.environ.get("RECORD_SCHEDULER_REQUESTS"):
+                save_recorded(f"{verb}-request.json", body)
+            committed = json.loads((RECORDED / f"{verb}-request.json").read_text())
+            assert _shape(body) == _shape(committed), verb
+
+
+def save_recorded(name: str, data: object) -> None:
+    RECORDED.mkdir(parents=True, exist_ok=True)
+    (RECORDED / name).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _shape(value, depth: int = 0):
+    """Keys and value types down to three levels (values and list lengths left out)."""
+    if isinstance(value, dict) and depth < 3:
+        return {k: _shape(v, depth + 1) for k, v in value.items() if k not in ("annotations", "labels")}
+    if isinstance(value, list):
+        return ["list"]
+    return type(value).__name__
+
+
 class Stack:
     """A control plane of its own with the extender (as gpu-extender) and kube-scheduler (shipped
-    configuration); `front(port)` may put something between them and return its port."""
+    configuration); with `record`, kube-scheduler calls the extender through a Recorder."""
 
-    def __init__(self, work: Path, front: Callable[[int], int] | None = None):
+    def __init__(self, work: Path, record: bool = False):
         self.plane = ControlPlane(work)
         try:
             self.extender = Extender(self.plane, work / "extender.log")
-            port = front(self.extender.port) if front else self.extender.port
+            self.recorder = Recorder(f"http://127.0.0.1:{self.extender.port}") if record else None
+            port = self.recorder.port if self.recorder else self.extender.port
             self.scheduler = Scheduler(self.plane, port, work / "kube-scheduler.log")
         except BaseException:
             self.plane.stop()
@@ -257,6 +314,8 @@ class Stack:
     def stop(self) -> None:
         self.scheduler.kill()
         self.extender.kill()
+        if self.recorder:
+            self.recorder.server.shutdown()
         self.plane.stop()
 
 

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 
 import pytest
 from kubernetes import client
 
-from tests.e2e.conftest import Kubelet, Stack, nvlink_node, wait_bound, wait_until
+from tests.e2e.conftest import Kubelet, Stack, nvlink_node, save_recorded, wait_bound, wait_until
 
 NAMESPACE = "e2e"
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("preemption-restart"))
+    stack = Stack(tmp_path_factory.mktemp("preemption-restart"), record=True)
     kubelet = Kubelet(stack.plane.core)
     stack.plane.namespace(NAMESPACE)
     client.SchedulingV1Api(stack.plane.api).create_priority_class({
@@ -35,6 +36,15 @@ def gpu_pod(name: str, gpus: int, pool: str, priority_class: str, annotations: d
                                      "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}]}}
 
 
+def snapshot(plane, node: str) -> dict:
+    """The node and the pods bound to it, as `kubectl get -o json` prints them."""
+    pods = plane.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+    items = [plane.core.read_node(node), *pods]
+    for item, kind in zip(items, ["Node"] + ["Pod"] * len(pods)):
+        item.api_version, item.kind, item.metadata.managed_fields = "v1", kind, None
+    return {"apiVersion": "v1", "kind": "List", "items": plane.api.sanitize_for_serialization(items)}
+
+
 def pods_named(core: client.CoreV1Api, prefix: str) -> list[client.V1Pod]:
     return [p for p in core.list_namespaced_pod(NAMESPACE).items if p.metadata.name.startswith(prefix)]
 
@@ -46,6 +56,7 @@ def test_latency_critical_pods_evict_batch_pods_and_batch_pods_never_evict_them(
         plane.pod(gpu_pod(f"batch-{i}", 1, "preempt", "gpu-batch"))
     for i in range(8):
         wait_bound(plane.core, f"batch-{i}", NAMESPACE)
+    seen = snapshot(plane, "preempt-0")  # what kube-scheduler sees when it calls preempt
 
     plane.pod(gpu_pod("inference", 2, "preempt", "gpu-latency-critical"))
     bound = wait_bound(plane.core, "inference", NAMESPACE, seconds=90)
@@ -57,6 +68,9 @@ def test_latency_critical_pods_evict_batch_pods_and_batch_pods_never_evict_them(
 
     log = stack.extender.log.read_text()
     assert f"preempt {NAMESPACE}/inference: 1 of 1 nodes can make room" in log
+    stack.recorder.check(["preempt"])
+    if os.environ.get("RECORD_SCHEDULER_REQUESTS"):
+        save_recorded("preempt-cluster.json", seen)  # replayed with preempt-request.json
 
     # A pod of the batch class never evicts the latency-critical one. Its priority is higher, so
     # kube-scheduler's own dry run offers every pod on the node as victims; the extender refuses.
