@@ -15,21 +15,27 @@ one-GPU batch pods, created while no scheduler runs and then scheduled by:
 configuration's default (50) applies, which caps the plain run's bindings.
 
 Pods/s is PODS over the time from the scheduler's start to the last pod bound (start-up, about a
-second, included in both). Prints both, their ratio, and writes them with the machine and date to
-benchmarks/results/scheduler_throughput.json.
+second, included in both; bound pods are counted from a watch). Prints both, their ratio, the CPU
+seconds etcd, kube-apiserver, kube-scheduler and the extender used in each run, and writes them
+with the machine and date to benchmarks/results/scheduler_throughput.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import orjson
+from kubernetes.watch.watch import iter_resp_lines
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -53,25 +59,60 @@ def pods(plane: ControlPlane, count: int, scheduler_name: str) -> None:
                                      "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}})
 
 
-def bound(plane: ControlPlane) -> int:
-    listed = plane.core.list_namespaced_pod(NAMESPACE, _preload_content=False)
-    return sum(1 for p in json.loads(listed.data)["items"] if p["spec"].get("nodeName"))
+class BoundCounter:
+    """Counts the namespace's pods that have a node, from a watch (polling lists of thousands of
+    pods would load the API server the runs are measuring)."""
+
+    def __init__(self, plane: ControlPlane):
+        self.bound: set[str] = set()
+        self.stop = threading.Event()
+        self.core = plane.core
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        version = self.core.list_namespaced_pod(NAMESPACE, limit=1).metadata.resource_version
+        while not self.stop.is_set():
+            response = self.core.list_namespaced_pod(NAMESPACE, watch=True, resource_version=version,
+                                                     allow_watch_bookmarks=True, timeout_seconds=30,
+                                                     _preload_content=False)
+            for line in iter_resp_lines(response):
+                event = orjson.loads(line)
+                pod = event["object"]
+                version = pod["metadata"]["resourceVersion"]
+                if event["type"] != "BOOKMARK" and pod["spec"].get("nodeName"):
+                    self.bound.add(pod["metadata"]["name"])
 
 
-def timed(plane: ControlPlane, count: int, start) -> tuple[float, Scheduler]:
-    """Seconds from starting the scheduler to `count` pods bound; fails after 60 s without progress."""
+def cpu_seconds(procs: dict[str, subprocess.Popen]) -> dict[str, float]:
+    """User + system CPU seconds each process has used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for name, proc in procs.items():
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        used[name] = (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+def timed(plane: ControlPlane, count: int, start, procs: dict[str, subprocess.Popen]
+          ) -> tuple[float, Scheduler, dict[str, float]]:
+    """Seconds from starting the scheduler to `count` pods bound, and the CPU seconds each process
+    (`procs` and the scheduler) used meanwhile; fails after 60 s without progress."""
+    counter = BoundCounter(plane)
+    before = cpu_seconds(procs)
     started = progress = time.monotonic()
     scheduler = start()
     done = 0
     while done < count:
-        time.sleep(0.25)
-        now_bound = bound(plane)
-        if now_bound > done:
-            done, progress = now_bound, time.monotonic()
+        time.sleep(0.1)
+        if len(counter.bound) > done:
+            done, progress = len(counter.bound), time.monotonic()
         elif time.monotonic() - progress > 60:
             tail = "\n".join(scheduler.log.read_text().splitlines()[-5:])
             raise RuntimeError(f"stuck at {done} of {count} pods bound; scheduler log ends:\n{tail}")
-    return time.monotonic() - started, scheduler
+    elapsed = time.monotonic() - started
+    after = cpu_seconds(procs | {"kube-scheduler": scheduler.proc})
+    counter.stop.set()
+    return elapsed, scheduler, {name: round(after[name] - before.get(name, 0.0), 1) for name in after}
 
 
 def extender_seconds(metrics: str) -> dict[str, float]:
@@ -114,24 +155,26 @@ def main() -> None:
             plane.node(nvlink_node(f"node-{i:04d}", "bench"))
         print(f"{args.nodes} nodes created", flush=True)
 
+        procs = {"etcd": plane.procs[0], "kube-apiserver": plane._api}
         pods(plane, args.pods, "plain-scheduler")
-        plain_s, scheduler = timed(plane, args.pods, lambda: Scheduler(
-            plane, 0, work / "plain-scheduler.log", edit=with_qps(args.qps, _without_extender)))
+        plain_s, scheduler, plain_cpu = timed(plane, args.pods, lambda: Scheduler(
+            plane, 0, work / "plain-scheduler.log", edit=with_qps(args.qps, _without_extender)), procs)
         scheduler.kill()
         plane.core.delete_collection_namespaced_pod(NAMESPACE, grace_period_seconds=0)
         while plane.core.list_namespaced_pod(NAMESPACE, limit=1).items:
             time.sleep(0.5)
-        print(f"plain: {args.pods} pods in {plain_s:.1f} s", flush=True)
+        print(f"plain: {args.pods} pods in {plain_s:.1f} s; CPU seconds: {plain_cpu}", flush=True)
 
         extender = Extender(plane, work / "extender.log")
         pods(plane, args.pods, "gpu-scheduler")
-        gpu_s, scheduler = timed(plane, args.pods, lambda: Scheduler(
-            plane, extender.port, work / "gpu-scheduler.log", edit=with_qps(args.qps)))
+        gpu_s, scheduler, gpu_cpu = timed(plane, args.pods, lambda: Scheduler(
+            plane, extender.port, work / "gpu-scheduler.log", edit=with_qps(args.qps)),
+            procs | {"gpu-extender": extender.proc})
         scheduler.kill()
         server_s = extender_seconds(extender.http.get("/metrics").text)
         extender.kill()
-        print(f"gpu-scheduler: {args.pods} pods in {gpu_s:.1f} s; inside the extender, per verb: "
-              + ", ".join(f"{verb} {total:.1f} s" for verb, total in server_s.items()), flush=True)
+        print(f"gpu-scheduler: {args.pods} pods in {gpu_s:.1f} s; CPU seconds: {gpu_cpu}; inside the extender, "
+              "per verb: " + ", ".join(f"{verb} {total:.1f} s" for verb, total in server_s.items()), flush=True)
     finally:
         plane.stop()
     row = {
@@ -139,6 +182,7 @@ def main() -> None:
         "plain_pods_per_s": round(args.pods / plain_s, 1), "extender_pods_per_s": round(args.pods / gpu_s, 1),
         "ratio": round(plain_s / gpu_s, 3),
         "extender_seconds_by_verb": {verb: round(total, 2) for verb, total in server_s.items()},
+        "cpu_seconds": {"plain": plain_cpu, "gpu-scheduler": gpu_cpu},
     }
     print(json.dumps(row))
     row |= {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),

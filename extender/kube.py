@@ -164,7 +164,7 @@ class KubeBinder:
                    "metadata": {"name": name, "namespace": namespace, "uid": uid, "annotations": notes},
                    "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
         try:
-            self.core.create_namespaced_pod_binding(name, namespace, binding, _preload_content=False)
+            _release(self.core.create_namespaced_pod_binding(name, namespace, binding, _preload_content=False))
         except ApiException as exc:
             raise BindError(f"API server answered {exc.status} {exc.reason}: {_message(exc)}") from None
         except Exception as exc:  # connection refused, timeouts
@@ -179,7 +179,7 @@ class KubeBinder:
             event = self._events.get()
             meta = event["metadata"]
             try:
-                self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False)
+                _release(self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False))
             except Exception as exc:
                 log.warning("event for %s/%s not recorded: %s", meta["namespace"],
                             event["involvedObject"]["name"], exc)
@@ -195,6 +195,13 @@ def _event(name: str, namespace: str, uid: str | None, node: str, breakdown: Sco
         "message": f"gpu-extender placed the pod on {node}: {breakdown.reason}"[:1024],
         "source": {"component": "gpu-extender"},
     }
+
+
+def _release(response: Any) -> None:
+    """Give an unread response's connection back to the pool. Unread (`_preload_content=False`),
+    it would be dropped, and every call would pay for a new TLS handshake."""
+    response.drain_conn()
+    response.release_conn()
 
 
 def _message(exc: ApiException) -> str:
