@@ -1,4 +1,5 @@
-"""The Watcher against a real kube-apiserver: paged lists, watch events, 410 Gone."""
+"""extender/kube.py against a real kube-apiserver: the Watcher (paged lists, watch events, 410 Gone)
+and the KubeBinder's use of its connections."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from extender import kube
 from extender.cluster import ClusterView
 from scoring.config import PolicyConfig
+from scoring.model import Plan, ScoreBreakdown
 from tests.e2e.conftest import ControlPlane, wait_until
 
 NAMESPACE = "watch"
@@ -90,3 +92,30 @@ def test_after_an_api_server_restart_old_watches_meet_410_and_the_view_recovers(
         watcher.stop.set()
     finally:
         plane.stop()
+
+
+def test_the_binder_keeps_its_connections_for_the_next_binding(plane):
+    """Bindings and Events reuse pooled connections: a new TLS connection per call costs the API
+    server and the extender more CPU than the call itself."""
+    plane.node(gpu_node("bind-node"))
+    unbound = pod("to-bind-0", 1, "")
+    del unbound["spec"]["nodeName"]
+    created = []
+    for i in range(20):
+        unbound["metadata"]["name"] = f"to-bind-{i}"
+        created.append(plane.core.api_client.sanitize_for_serialization(plane.pod(unbound)))
+    api = kube.api_client(plane.kubeconfig)
+    binder = kube.KubeBinder(api)
+    for obj in created:
+        binder.bind(obj, "bind-node", {"node": "bind-node", "gpus": [0], "mig": []},
+                    ScoreBreakdown("bind-node", True, False, 1.0, {}, Plan((0,)), "fits"))
+
+    def events_posted() -> bool:
+        events = plane.core.list_namespaced_event(NAMESPACE, field_selector="reason=GPUPlanned").items
+        return len(events) == len(created)
+
+    wait_until(events_posted, "an Event for every binding")
+    bound = [p for p in plane.core.list_namespaced_pod(NAMESPACE).items if p.metadata.name.startswith("to-bind-")]
+    assert len(bound) == 20 and all(p.spec.node_name == "bind-node" for p in bound)
+    opened = sum(pool.num_connections for pool in api.rest_client.pool_manager.pools._container.values())
+    assert opened <= 2  # one for the bindings, one for the Event thread
