@@ -70,7 +70,7 @@ class Metrics:
 
 def create_app(view: ClusterView, binder: Binder) -> FastAPI:
     app = FastAPI(title="gpu-extender", docs_url=None, redoc_url=None, openapi_url=None)
-    decider = Decider(view)
+    decider = Decider(view, background=True)
     metrics = Metrics(view)
     bind_lock = threading.Lock()
     app.state.decider = decider

@@ -5,6 +5,9 @@ which the node's freshest sample ages past the TTL, and the model's spread. For 
 the Decider keeps the Answers it computed (extender/answers.py); nodes ClusterView reports rebuilt
 (`changes_since`) are scored again, and every node when the samples or the spread change or a
 sample ages out. A request then costs C-speed look-ups per candidate; only changed nodes are scored.
+In the server, scoring every node again (hundreds of milliseconds at 5,000 nodes, at each DCGM
+refresh) is left to a background thread: requests meanwhile answer from the previous samples for
+the nodes that did not change otherwise.
 
 Memory stays bounded at any cluster size: at most SHAPE_NODES_KEPT breakdowns over all shapes
 (the least recently used shape goes first; 50,000 is ten shapes at 5,000 nodes). The last
@@ -18,7 +21,7 @@ import threading
 from itertools import repeat
 from operator import is_not
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +52,7 @@ class Decision:
 
 @dataclass
 class _ShapeCache:
+    request: PodRequest
     seq: int = 0
     samples_revision: int = -1
     spread: ModelSpread | None = None
@@ -57,12 +61,23 @@ class _ShapeCache:
 
 
 class Decider:
-    def __init__(self, view: ClusterView):
+    """With `background`, a shape whose every node must be scored again (new DCGM samples, a sample
+    aged past the TTL, a new model spread) keeps answering from its current Answers, with nodes
+    changed since scored on the spot, while a background thread scores all of its nodes and then
+    swaps the result in. Without it (tests, the dry run) the request that finds out does the work."""
+
+    def __init__(self, view: ClusterView, background: bool = False):
         self.view = view
         self._shapes: OrderedDict[tuple, _ShapeCache] = OrderedDict()
         self._explained: OrderedDict[str, Decision] = OrderedDict()
         self._explained_nodes = 0
         self._lock = threading.Lock()
+        self._due: dict[tuple, None] = {}  # shapes waiting for the background rescoring, in order
+        self._wake = threading.Condition(self._lock)
+        self._busy = False
+        self._background = background
+        if background:
+            threading.Thread(target=self._rescore_due, name="rescore", daemon=True).start()
 
     def request(self, pod: Mapping[str, Any]) -> PodRequest:
         return convert.pod_request(pod, self.view.config)
@@ -102,7 +117,8 @@ class Decider:
     ) -> tuple[float, Answers, list[NodeAnswer | None]]:
         """(now, the shape's Answers, the answers for `names`): nodes changed since the last request
         are scored again, and so are `names` the view knows but the shape has not scored yet.
-        Called with the lock held."""
+        When every node must be scored again, that is done here, or queued for the background
+        thread if there is one and the shape has answers to go on with. Called with the lock held."""
         view = self.view
         spread = view.model_spread(request)
         shape = (
@@ -110,22 +126,18 @@ class Decider:
             request.model, request.model_size, request.model_required,
         )
         now = view.now()
-        samples, samples_revision = view.samples, view.samples_revision
-        cache = self._shape(shape)
+        cache = self._shape(shape, request)
         seq, changed = view.changes_since(cache.seq)
         answers = cache.answers
-        if (changed is None or cache.samples_revision != samples_revision or cache.spread != spread
-                or now >= cache.until):
+        everything = cache.samples_revision != view.samples_revision or cache.spread != spread or now >= cache.until
+        if changed is None or (everything and not (self._background and answers.records)):
             answers, changed, cache.until = Answers.empty(), [], float("inf")
-        cache.seq, cache.samples_revision, cache.spread = seq, samples_revision, spread
-
-        def score(name: str) -> ScoreBreakdown | None:
-            node = view.node(name)
-            if node is None:
-                return None
-            cache.until = min(cache.until, _fresh_until(node, samples, view.config.utilization.ttl_seconds, now))
-            return policy.score_node(node, request, spread, samples, now, view.config)
-
+            cache.samples_revision, cache.spread = view.samples_revision, spread
+        elif everything:
+            self._due[shape] = None
+            self._wake.notify_all()
+        cache.seq = seq
+        score = self._scorer(cache, spread, now)
         answers = answers.updated({name: score(name) for name in changed})
         records = list(map(answers.records.get, names))
         if _missing(records):
@@ -139,10 +151,62 @@ class Decider:
             self._trim()
         return now, answers, records
 
-    def _shape(self, shape: tuple) -> _ShapeCache:
+    def _scorer(self, cache: _ShapeCache, spread: ModelSpread, now: float) -> Callable[[str], ScoreBreakdown | None]:
+        """Scores a node by name for the cache's shape; lowers `cache.until` to when its freshest
+        DCGM sample ages past the TTL."""
+        view, request, samples = self.view, cache.request, self.view.samples
+
+        def score(name: str) -> ScoreBreakdown | None:
+            node = view.node(name)
+            if node is None:
+                return None
+            cache.until = min(cache.until, _fresh_until(node, samples, view.config.utilization.ttl_seconds, now))
+            return policy.score_node(node, request, spread, samples, now, view.config)
+
+        return score
+
+    def _rescore_due(self) -> None:
+        """The background thread: scores every node of a queued shape without holding the lock,
+        then, under it, scores the nodes that changed meanwhile and swaps the result in."""
+        view = self.view
+        while True:
+            with self._lock:
+                self._busy = False
+                self._wake.notify_all()
+                while not self._due:
+                    self._wake.wait()
+                shape = next(iter(self._due))
+                del self._due[shape]
+                cache = self._shapes.get(shape)
+                if cache is None:
+                    continue
+                self._busy = True
+                start, _ = view.changes_since(cache.seq)
+                names, revision = list(cache.answers.records), view.samples_revision
+            fresh = _ShapeCache(cache.request, seq=start, samples_revision=revision)
+            fresh.spread, now = view.model_spread(cache.request), view.now()
+            score = self._scorer(fresh, fresh.spread, now)
+            answers = Answers.empty().updated({name: score(name) for name in names})
+            with self._lock:
+                if self._shapes.get(shape) is not cache:
+                    continue  # dropped meanwhile
+                seq, changed = view.changes_since(start)
+                if changed is None or view.samples_revision != revision:
+                    self._due[shape] = None  # too much happened meanwhile: once more
+                    continue
+                fresh.answers = answers.updated({name: score(name) for name in changed})
+                fresh.seq = seq
+                self._shapes[shape] = fresh
+
+    def settled(self, timeout: float = 30.0) -> bool:
+        """Whether the background thread has nothing left to do (waits up to `timeout` seconds)."""
+        with self._lock:
+            return self._wake.wait_for(lambda: not self._due and not self._busy, timeout)
+
+    def _shape(self, shape: tuple, request: PodRequest) -> _ShapeCache:
         cache = self._shapes.get(shape)
         if cache is None:
-            cache = self._shapes[shape] = _ShapeCache()
+            cache = self._shapes[shape] = _ShapeCache(request)
         self._shapes.move_to_end(shape)
         return cache
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,39 @@ def test_cached_decisions_follow_watch_events(view):
     view.remove_node("h100-train-01")
     assert "h100-train-01" not in fresh(view, TP4)
     assert decider.decide(TP4, ["h100-train-01"]).unknown == ("h100-train-01",)
+
+
+def test_new_samples_are_scored_in_the_background_while_bound_devices_count_at_once(view):
+    """With a background thread, new DCGM samples do not make a request score every node: it
+    answers from what it has (the hot node still looks cool) until the thread swaps the rescored
+    answers in; a device taken meanwhile counts at once, and in the end all equals a fresh
+    evaluation."""
+    decider = Decider(view, background=True)
+    before = cached(decider, view, TP4)
+    assert before == fresh(view, TP4)
+    release = threading.Event()
+    scoring = policy.score_node
+
+    def slow(*args, **kwargs):
+        if threading.current_thread().name == "rescore":
+            release.wait(10)
+        return scoring(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(policy, "score_node", slow)
+        hot = {gpu.uuid: GpuSample(0.97, 70000, 10000, view.now()) for gpu in view.node("h100-inf-02").gpus}
+        view.set_samples({**view.samples, **hot})
+        waiting = cached(decider, view, TP4)
+        assert waiting["h100-inf-02"] == before["h100-inf-02"]  # the old score, until the swap
+        taken = bound_pod("squatter", "a100-nv4-01", 3, {"gpus": [0, 1, 2]})
+        view.upsert_pod(taken)
+        assert cached(decider, view, TP4)["a100-nv4-01"][0] is False  # counted at once
+        release.set()
+        assert decider.settled()
+    after = cached(decider, view, TP4)
+    assert after == fresh(view, TP4)
+    assert after["h100-inf-02"][1] < before["h100-inf-02"][1]  # the hot node lost points
+    assert after["a100-nv4-01"][0] is False
 
 
 def test_assumed_plans_hold_devices_until_the_pod_is_seen_or_forgotten(view):
