@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.registry import Collector
 
 from extender import convert, wire
 from extender.answers import Answers, filter_answer, passed_back, prioritize_answer
@@ -45,7 +46,9 @@ class SnapshotBinder:
 
 
 class Metrics:
-    def __init__(self, view: ClusterView):
+    """The webhook's metrics, plus `collectors` from elsewhere (the DCGM refresh's)."""
+
+    def __init__(self, view: ClusterView, collectors: Iterable[Collector] = ()):
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "gpu_extender_request_seconds", "Time to answer kube-scheduler, by verb.", ["verb"],
@@ -66,12 +69,22 @@ class Metrics:
         age = Gauge("gpu_extender_dcgm_data_age_seconds", "Age of the newest DCGM sample (-1: none).",
                     registry=self.registry)
         age.set_function(lambda: view.now() - max((s.at for s in view.samples.values()), default=view.now() + 1))
+        fresh = Gauge("gpu_extender_dcgm_fresh_gpus", "GPUs whose DCGM sample is within utilization.ttlSeconds.",
+                      registry=self.registry)
+        fresh.set_function(lambda: _fresh_gpus(view))
+        for collector in collectors:
+            self.registry.register(collector)
 
 
-def create_app(view: ClusterView, binder: Binder) -> FastAPI:
+def _fresh_gpus(view: ClusterView) -> int:
+    now, ttl = view.now(), view.config.utilization.ttl_seconds
+    return sum(1 for sample in view.samples.values() if now - sample.at <= ttl)
+
+
+def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector] = ()) -> FastAPI:
     app = FastAPI(title="gpu-extender", docs_url=None, redoc_url=None, openapi_url=None)
     decider = Decider(view, background=True)
-    metrics = Metrics(view)
+    metrics = Metrics(view, collectors)
     bind_lock = threading.Lock()
     app.state.decider = decider
 

@@ -70,16 +70,40 @@ def serve(
     tls_key: Annotated[Optional[Path], typer.Option(help="Server key (PEM).")] = None,
     client_ca: Annotated[Optional[Path], typer.Option(help="CA that signs kube-scheduler's client certificate.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    dcgm_service: Annotated[Optional[str], typer.Option(
+        help="Live DCGM: scrape the dcgm-exporters of this Service (NAMESPACE/NAME), from its EndpointSlices.")] = None,
+    dcgm_pod_selector: Annotated[Optional[str], typer.Option(
+        help="Live DCGM: scrape the dcgm-exporter pods matching this label selector in --dcgm-namespace.")] = None,
+    dcgm_namespace: Annotated[str, typer.Option(
+        help="Namespace of the pods --dcgm-pod-selector picks.")] = "gpu-operator",
+    dcgm_port: Annotated[int, typer.Option(help="Port the dcgm-exporters serve /metrics on.")] = 9400,
+    prometheus_url: Annotated[Optional[str], typer.Option(
+        help="Live DCGM: query this Prometheus for dcgm-exporter metrics instead of scraping (large clusters).")
+    ] = None,
+    dcgm_interval: Annotated[float, typer.Option(help="Seconds between live DCGM refreshes.")] = 15.0,
+    dcgm_timeout: Annotated[float, typer.Option(
+        help="Seconds one exporter scrape or Prometheus query may take.")] = 2.0,
+    dcgm_concurrency: Annotated[int, typer.Option(help="Exporters scraped at once.")] = 32,
 ) -> None:
     """Run the extender webhook (filter, prioritize, bind, preempt) for kube-scheduler."""
     import uvicorn
 
+    from extender import dcgm_refresh
     from extender.app import Binder, SnapshotBinder, create_app
 
     if host not in LOOPBACK and not (tls_cert and tls_key and client_ca):
         raise fail(f"listening on {host} needs --tls-cert, --tls-key and --client-ca (kube-scheduler's client CA)")
     if cluster and kubeconfig:
         raise fail("--cluster and --kubeconfig exclude each other")
+    live_dcgm = dcgm_refresh.DcgmOptions(dcgm_service, dcgm_pod_selector, dcgm_namespace, dcgm_port, prometheus_url,
+                                         dcgm_interval, dcgm_timeout, dcgm_concurrency)
+    if problem := live_dcgm.problem():
+        raise fail(problem)
+    if live_dcgm.live and cluster:
+        raise fail("--cluster serves a snapshot as of its own time: live DCGM sources need a live cluster")
+    if live_dcgm.live and metrics:
+        raise fail("--metrics dumps and a live DCGM source exclude each other")
+    collectors = []
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = policy_config.parse(snapshot.read_document(config)) if config else policy_config.PolicyConfig()
@@ -95,6 +119,8 @@ def serve(
             for dump in metrics or []:
                 view.set_samples({**view.samples, **dcgm.load_dump(dump)})
             kube.Watcher(api, view).start()
+            if live_dcgm.live:
+                collectors = dcgm_refresh.start(view, live_dcgm.source(api), live_dcgm.interval)
             binder = kube.KubeBinder(api)
     except policy_config.ConfigError as exc:
         raise fail(f"{config}: {exc}") from None
@@ -110,7 +136,8 @@ def serve(
         tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)}
         if client_ca:
             tls |= {"ssl_ca_certs": str(client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
-    uvicorn.run(create_app(view, binder), host=host, port=port, log_level=log_level, access_log=False, **tls)
+    uvicorn.run(create_app(view, binder, collectors), host=host, port=port, log_level=log_level, access_log=False,
+                **tls)
 
 
 def _release_free_memory() -> None:
@@ -179,3 +206,37 @@ def _plan_text(plan: Plan) -> str:
     parts = [f"GPU {','.join(map(str, plan.gpus))}"] if plan.gpus else []
     parts += [f"{s.profile} GPU {s.gpu}/{s.start}" for s in plan.mig]
     return " ".join(parts) or "any"
+
+
+@app.command()
+def agent(
+    node_name: Annotated[
+        Optional[str], typer.Option(envvar="NODE_NAME", help="Node to annotate (the DaemonSet sets NODE_NAME).")
+    ] = None,
+    kubeconfig: Annotated[
+        Optional[Path], typer.Option(help="Cluster credentials; default: the in-cluster service account.")
+    ] = None,
+    model_cache_dir: Annotated[
+        Optional[Path], typer.Option(help="Model cache: one folder per model, or a models.json manifest.")
+    ] = None,
+    interval: Annotated[float, typer.Option(min=1, help="Seconds between scans.")] = 60,
+    heartbeat_seconds: Annotated[
+        float, typer.Option(min=1, help="Renew the heartbeat at least this often, changes or not.")
+    ] = 120,
+    once: Annotated[bool, typer.Option("--once", help="Scan and publish once, then exit.")] = False,
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the inventory as JSON and exit; never contacts the API server.")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Node agent: publish this node's GPUs, NVLink topology, MIG layout and model cache as annotations.
+
+    Exit status: 0 done; 2 bad arguments or no credentials; 3 no NVIDIA driver; 4 --once/--print failed.
+    """
+    from extender import agent as node_agent
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise typer.Exit(node_agent.main(
+        node=node_name, kubeconfig=kubeconfig, cache_dir=model_cache_dir, interval=interval,
+        heartbeat_seconds=heartbeat_seconds, once=once, print_only=print_only,
+    ))

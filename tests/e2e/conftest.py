@@ -195,18 +195,20 @@ class ControlPlane:
 
 
 class Extender:
-    """`gpu-extender serve` in live mode, as the gpu-extender service account of manifests/rbac.yaml."""
+    """`gpu-extender serve` in live mode, as the gpu-extender service account of manifests/rbac.yaml;
+    `args`: more `serve` options."""
 
-    def __init__(self, plane: ControlPlane, log: Path):
+    def __init__(self, plane: ControlPlane, log: Path, args: tuple[str, ...] = ()):
         self.port = free_port()
-        self.plane, self.log = plane, log
+        self.plane, self.log, self.args = plane, log, args
         self.kubeconfig = plane.kubeconfig_for("gpu-extender")
         self.start()
 
     def start(self) -> None:
         exe = Path(sys.executable).with_name("gpu-extender")
         self.proc = subprocess.Popen([str(exe), "serve", "--kubeconfig", str(self.kubeconfig),
-                                      "--port", str(self.port)], stdout=self.log.open("a"), stderr=subprocess.STDOUT)
+                                      "--port", str(self.port), *self.args],
+                                     stdout=self.log.open("a"), stderr=subprocess.STDOUT)
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
         wait_for(lambda: self.http.get("/readyz").status_code == 200, "gpu-extender", self.proc, self.log)
 
@@ -298,12 +300,13 @@ def _shape(value, depth: int = 0):
 
 class Stack:
     """A control plane of its own with the extender (as gpu-extender) and kube-scheduler (shipped
-    configuration); with `record`, kube-scheduler calls the extender through a Recorder."""
+    configuration); with `record`, kube-scheduler calls the extender through a Recorder;
+    `extender_args`: more `serve` options for the extender."""
 
-    def __init__(self, work: Path, record: bool = False):
+    def __init__(self, work: Path, record: bool = False, extender_args: tuple[str, ...] = ()):
         self.plane = ControlPlane(work)
         try:
-            self.extender = Extender(self.plane, work / "extender.log")
+            self.extender = Extender(self.plane, work / "extender.log", extender_args)
             self.recorder = Recorder(f"http://127.0.0.1:{self.extender.port}") if record else None
             port = self.recorder.port if self.recorder else self.extender.port
             self.scheduler = Scheduler(self.plane, port, work / "kube-scheduler.log")

@@ -118,15 +118,18 @@ def test_every_manifest_passes_a_server_side_dry_run(plane):
     ("patch", "pods", "", False), ("update", "pods", "", False), ("get", "secrets", "", False), ("list", "secrets", "", False), ("delete", "pods", "", False),
     ("create", "pods", "", False), ("update", "nodes", "", False), ("patch", "nodes", "", False),
     ("create", "pods", "eviction", False), ("get", "configmaps", "", False),
+    ("list", "endpointslices.discovery.k8s.io", "", True), ("watch", "endpointslices.discovery.k8s.io", "", False),
+    ("create", "endpointslices.discovery.k8s.io", "", False),
 ])
 def test_the_extender_service_account_can_do_what_it_needs_and_nothing_more(
         plane, verb, resource, subresource, allowed):
+    resource, _, group = resource.partition(".")  # resource.group, as kubectl writes it
     review = client.AuthorizationV1Api(plane.api).create_subject_access_review({
         "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
         "spec": {"user": "system:serviceaccount:kube-system:gpu-extender",
                  "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"],
-                 "resourceAttributes": {"verb": verb, "resource": resource, "subresource": subresource,
-                                        "namespace": "default"}}})
+                 "resourceAttributes": {"verb": verb, "group": group, "resource": resource,
+                                        "subresource": subresource, "namespace": "default"}}})
     assert review.status.allowed is allowed
 
 

@@ -1,0 +1,52 @@
+"""manifests/agent.yaml holds together: the DaemonSet runs the command with flags it accepts, as the
+service account whose role allows exactly what the agent does. (tests/e2e applies it to a real
+API server.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from extender.cli import app
+from scoring.config import PolicyConfig
+from tests.agent import machines
+
+DOCS = {doc["kind"]: doc for doc in yaml.safe_load_all(
+    (Path(__file__).resolve().parents[2] / "manifests" / "agent.yaml").read_text())}
+POD = DOCS["DaemonSet"]["spec"]["template"]["spec"]
+(CONTAINER,) = POD["containers"]
+
+
+def test_the_service_account_may_get_and_patch_nodes_only():
+    account = DOCS["ServiceAccount"]["metadata"]
+    assert (account["name"], account["namespace"]) == ("gpu-extender-agent", "kube-system")
+    assert DOCS["ClusterRole"]["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+    binding = DOCS["ClusterRoleBinding"]
+    assert binding["roleRef"]["name"] == DOCS["ClusterRole"]["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", **account}]
+    assert POD["serviceAccountName"] == account["name"]
+
+
+def test_the_daemonset_runs_on_gpu_nodes_with_its_node_name_and_a_read_only_cache():
+    terms = POD["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}]}]
+    env = {e["name"]: e for e in CONTAINER["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    (mount,) = CONTAINER["volumeMounts"]
+    assert mount["readOnly"] is True
+    (volume,) = POD["volumes"]
+    assert volume["name"] == mount["name"] and "hostPath" in volume
+    assert f"--model-cache-dir={mount['mountPath']}" in CONTAINER["args"]
+    assert POD["securityContext"]["runAsNonRoot"] is True and CONTAINER["securityContext"]["readOnlyRootFilesystem"]
+    assert "nvidia.com/gpu" not in CONTAINER["resources"].get("limits", {})  # takes no GPU from workloads
+
+
+def test_the_daemonset_flags_are_accepted_and_keep_the_heartbeat_fresh(monkeypatch):
+    args = CONTAINER["args"]
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in args[1:])
+    assert float(flags["heartbeat-seconds"]) + float(flags["interval"]) <= PolicyConfig().agent.max_age_seconds / 2
+    monkeypatch.setattr("extender.nvml.pynvml", machines.pcie_only())
+    result = CliRunner().invoke(app, [*args, "--print"])
+    assert args[0] == "agent" and result.exit_code == 0, result.output
