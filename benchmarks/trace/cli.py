@@ -1,0 +1,110 @@
+"""Command line: replay the policies over a node and a pod CSV, write allocation.csv,
+allocation.png, a results JSON, and print the ratio at 100% arrived workload."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .baselines import BASELINES
+from .openb import TraceError, read_nodes, read_pods
+from .replay import MAX_ARRIVED_PCT, median_curves, replay
+
+PUBLISHED_100 = {"Random": 86.2, "DotProd": 90.6, "GpuPacking": 91.8, "BestFit": 92.9, "FGD": 95.2}
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+def write_csv(path: Path, curves: dict[str, list[float]]) -> None:
+    lines = ["policy,arrived_pct,allocation_pct"]
+    for policy, curve in curves.items():
+        lines += [f"{policy},{p},{curve[p]:.3f}" for p in range(MAX_ARRIVED_PCT + 1)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_png(path: Path, curves: dict[str, list[float]], title: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("allocation.png needs matplotlib (pip install matplotlib), "
+                         "or pass --no-plot") from None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = range(MAX_ARRIVED_PCT + 1)
+    for policy, curve in curves.items():
+        ax.plot(xs, curve, label=policy)
+    ax.plot(xs, xs, color="grey", linestyle=":", linewidth=0.8)
+    ax.set(xlabel="arrived workload (% of GPU capacity)", ylabel="GPU allocation ratio (%)",
+           xlim=(0, MAX_ARRIVED_PCT), ylim=(0, 100), title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.trace", description=__doc__)
+    ap.add_argument("--nodes", required=True, type=Path, help="node CSV (openb columns)")
+    ap.add_argument("--pods", required=True, type=Path, help="pod CSV (openb columns)")
+    ap.add_argument("--seeds", type=int, default=10, help="seeds 42..42+N-1 (default 10)")
+    ap.add_argument("--policies", nargs="+", default=list(BASELINES), choices=BASELINES)
+    ap.add_argument("--order", choices=("shuffle", "creation"), default="shuffle",
+                    help="arrival order of the original pods (default shuffle, as the "
+                         "published runs; creation = creation_time order)")
+    ap.add_argument("--ties", choices=("rank", "random"), default="rank",
+                    help="among best-scored nodes: first in a seeded node order (default, as "
+                         "the simulator) or uniformly random")
+    ap.add_argument("--ratio", type=float, default=1.3, help="inflation target (default 1.3)")
+    ap.add_argument("--out", type=Path, default=Path("trace-out"), help="output folder")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="results JSON (default benchmarks/results/trace_<pods>.json)")
+    ap.add_argument("--no-plot", action="store_true", help="skip allocation.png")
+    ap.add_argument("--processes", type=int, default=None, help="worker processes")
+    a = ap.parse_args(argv)
+    try:
+        nodes, pods = read_nodes(a.nodes), read_pods(a.pods)
+    except (OSError, TraceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    seeds = list(range(42, 42 + a.seeds))
+    start = time.perf_counter()
+    results = replay(nodes, pods, a.policies, seeds, order=a.order, ties=a.ties, ratio=a.ratio,
+                     processes=a.processes)
+    elapsed = time.perf_counter() - start
+    curves = median_curves(results)
+    a.out.mkdir(parents=True, exist_ok=True)
+    write_csv(a.out / "allocation.csv", curves)
+    print(f"{len(nodes)} nodes, {len(pods)} pods, {len(seeds)} seeds, {elapsed:.0f} s")
+    print(f"{'policy':<12}{'alloc@100%':>11}{'published':>11}{'delta':>8}")
+    table = []
+    for policy, curve in curves.items():
+        pub = PUBLISHED_100.get(policy)
+        delta = None if pub is None else round(curve[100] - pub, 2)
+        table.append({"policy": policy, "allocation_at_100": round(curve[100], 2),
+                      "allocation_at_130": round(curve[130], 2), "published_at_100": pub,
+                      "delta": delta,
+                      "failed_latency_critical_median": sorted(
+                          r.failed_latency_critical for r in results if r.policy == policy
+                      )[len(seeds) // 2],
+                      "failed_batch_median": sorted(
+                          r.failed_batch for r in results if r.policy == policy)[len(seeds) // 2]})
+        print(f"{policy:<12}{curve[100]:>11.2f}{'' if pub is None else pub:>11}"
+              f"{'' if delta is None else f'{delta:+.2f}':>8}")
+    doc = {"benchmark": "trace_replay", "nodes_csv": a.nodes.name, "pods_csv": a.pods.name,
+           "nodes": len(nodes), "pods": len(pods), "seeds": seeds, "order": a.order,
+           "ties": a.ties, "inflation_ratio": a.ratio, "seconds": round(elapsed, 1),
+           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                       "platform": platform.platform(), "processor": platform.processor()},
+           "results": table}
+    results_path = a.results or RESULTS / f"trace_{a.pods.stem}.json"
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(doc, indent=2) + "\n")
+    if not a.no_plot:
+        write_png(a.out / "allocation.png", curves, f"{a.pods.stem} on {a.nodes.stem}")
+    return 0
