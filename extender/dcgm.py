@@ -76,13 +76,12 @@ def parse(text: str, default_time: float) -> dict[str, GpuSample]:
 
 def read_text(text: str, default_time: float) -> Reading:
     """A Reading of dcgm-exporter text; raises MetricsError when it is not Prometheus text."""
-    rows = []
+    rows = (Row(s.name, s.labels, s.value, s.timestamp)
+            for family in text_string_to_metric_families(text) for s in family.samples if s.name in _CANONICAL)
     try:
-        for family in text_string_to_metric_families(text):
-            rows += [Row(s.name, s.labels, s.value, s.timestamp) for s in family.samples if s.name in _CANONICAL]
+        return aggregate(rows, default_time)  # streamed: a dump of 50 MB is never held as rows
     except ValueError as exc:
         raise MetricsError(f"not Prometheus text: {exc}") from None
-    return aggregate(rows, default_time)
 
 
 def read_query_results(values: Any, times: Any) -> Reading:
@@ -121,31 +120,33 @@ def _vector(data: Any, what: str) -> list[tuple[dict[str, str], float]]:
 
 def aggregate(rows: Iterable[Row], default_time: float) -> Reading:
     """Samples by GPU UUID from rows (the rules are in the module docstring)."""
-    latest: dict[tuple[str, str, str], Row] = {}  # (uuid, GPU instance, metric) -> newest row
+    # (uuid, GPU instance, metric) -> (time, value, MIG profile) of the newest row: only what the
+    # figures need is kept, not the rows' label maps
+    latest: dict[tuple[str, str, str], tuple[float, float, str]] = {}
     hosts: dict[str, str] = {}
     for row in rows:
-        uuid = row.labels.get("UUID") or row.labels.get("uuid")
+        labels = row.labels
+        uuid = labels.get("UUID") or labels.get("uuid")
         if not uuid or not math.isfinite(row.value):
             continue
-        row = Row(_CANONICAL[row.metric], row.labels, row.value, row.at or default_time)
-        key = (uuid, row.labels.get("GPU_I_ID", ""), row.metric)
-        if key not in latest or row.at >= latest[key].at:
-            latest[key] = row
-        host = row.labels.get("Hostname") or row.labels.get("hostname")
+        at = row.at or default_time
+        key = (uuid, labels.get("GPU_I_ID", ""), _CANONICAL[row.metric])
+        if key not in latest or at >= latest[key][0]:
+            latest[key] = (at, row.value, labels.get("GPU_I_PROFILE", ""))
+        host = labels.get("Hostname") or labels.get("hostname")
         if host:
             hosts[uuid] = host
     figures: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     engine: dict[str, float] = defaultdict(float)
     times: dict[str, float] = {}
-    for (uuid, _, metric), row in latest.items():
-        times[uuid] = max(times.get(uuid, 0.0), row.at)
-        profile = row.labels.get("GPU_I_PROFILE")
+    for (uuid, _, metric), (at, value, profile) in latest.items():
+        times[uuid] = max(times.get(uuid, 0.0), at)
         if metric == GR_ENGINE_ACTIVE and profile:
-            engine[uuid] += row.value * compute_slices(profile) / COMPUTE_SLICES
+            engine[uuid] += value * compute_slices(profile) / COMPUTE_SLICES
         elif metric == GR_ENGINE_ACTIVE:
-            engine[uuid] = max(engine[uuid], row.value)
+            engine[uuid] = max(engine[uuid], value)
         else:
-            figures[uuid][metric] += row.value
+            figures[uuid][metric] += value
     samples = {}
     for uuid, at in times.items():
         row_figures = figures[uuid]
