@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.waiting import wait_for
 from tests.webhook.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,7 +159,8 @@ class Prometheus:
             [str(binary), f"--config.file={config}", f"--storage.tsdb.path={work / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT)
-        self._wait(lambda: httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200, "to be ready", 60)
+        wait_for(lambda: httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200, "Prometheus did not come up",
+                 self.proc, self.log, 60)
 
     def query(self, query: str) -> list[dict[str, Any]]:
         answer = httpx.get(f"{self.url}/api/v1/query", params={"query": query}, timeout=10).json()
@@ -171,19 +173,7 @@ class Prometheus:
             up = {r["metric"]["instance"]: r["value"][1] for r in self.query("up")}
             return all(up.get(target) == "1" for target in targets)
 
-        self._wait(scraped, f"to scrape {targets}", seconds)
-
-    def _wait(self, check: Callable[[], bool], what: str, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                if check():
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"Prometheus did not come {what}:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_for(scraped, f"Prometheus did not scrape {targets}", self.proc, self.log, seconds)
 
     def stop(self) -> None:
         self.proc.terminate()

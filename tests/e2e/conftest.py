@@ -23,6 +23,7 @@ import pytest
 import yaml
 from kubernetes import client, config, dynamic
 
+from tests.waiting import wait_for
 from tests.webhook.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,18 +41,6 @@ def wait_until(check: Callable[[], T | None], what: str, seconds: float = 30) ->
         time.sleep(0.2)
     return value
 
-
-def wait_for(check, what: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if check():
-                return
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start:\n{log.read_text()[-4000:]}")
-        time.sleep(0.2)
 
 
 class ControlPlane:
@@ -73,7 +62,7 @@ class ControlPlane:
                             "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
                             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
                             "--initial-cluster", f"default=http://127.0.0.1:{peer_port}"], etcd_log)
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{etcd_port}/health").status_code == 200, "etcd", etcd, etcd_log)
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{etcd_port}/health").status_code == 200, "etcd did not start", etcd, etcd_log)
         self._api_log = work / "kube-apiserver.log"
         self._api_cmd = [str(bin_dir / "kube-apiserver"), "--bind-address=127.0.0.1",
                          "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
@@ -127,7 +116,7 @@ class ControlPlane:
         api = self._start(self._api_cmd, self._api_log)
         headers = {"Authorization": f"Bearer {TOKEN}"}
         wait_for(lambda: httpx.get(f"{self.url}/readyz", headers=headers, verify=False).status_code == 200,
-                 "kube-apiserver", api, self._api_log)
+                 "kube-apiserver did not start", api, self._api_log)
         return api
 
     def restart_apiserver(self) -> None:
@@ -210,7 +199,7 @@ class Extender:
                                       "--port", str(self.port), *self.args],
                                      stdout=self.log.open("a"), stderr=subprocess.STDOUT)
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
-        wait_for(lambda: self.http.get("/readyz").status_code == 200, "gpu-extender", self.proc, self.log)
+        wait_for(lambda: self.http.get("/readyz").status_code == 200, "gpu-extender did not start", self.proc, self.log)
 
     def kill(self) -> None:
         self.proc.kill()
@@ -238,7 +227,7 @@ class Scheduler:
                                   f"--secure-port={self.port}", "--bind-address=127.0.0.1", "--v=2"], log)
         self.log = log
         wait_for(lambda: httpx.get(f"https://127.0.0.1:{self.port}/healthz", verify=False).text == "ok",
-                 "kube-scheduler", self.proc, log)
+                 "kube-scheduler did not start", self.proc, log)
 
     def kill(self) -> None:
         self.proc.kill()

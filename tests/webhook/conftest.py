@@ -7,12 +7,13 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT.parent / "shared" / "reference" / "extender-api" / "golden"
@@ -41,16 +42,8 @@ class Server:
             stdout=log.open("w"), stderr=subprocess.STDOUT,
         )
         self.client = httpx.Client(base_url=self.url, timeout=10, verify=tls or True)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gpu-extender serve did not start:\n{log.read_text()}")
-            time.sleep(0.1)
+        wait_for(lambda: self.client.get("/readyz").status_code == 200, "gpu-extender serve did not start",
+                 self.proc, log, 60)
 
     def post(self, verb: str, body: bytes | dict | list) -> httpx.Response:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
