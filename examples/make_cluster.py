@@ -20,6 +20,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 SNAPSHOT_TIME = datetime(2026, 11, 20, 9, 30, 0, tzinfo=timezone.utc)
 P = "gpu-extender.io"
+SHARE = f"{P}/gpu-milli"  # GPU shares, advertised at 1000 per GPU by a sharing device plugin
 GIB = 2**30
 
 LLAMA_70B = "meta-llama/Llama-3.1-70B-Instruct"
@@ -244,8 +245,9 @@ NODES = [
          layout=mig_layout(H100_MIG_LAYOUT, SIZES_80), pool="inference", cache={BGE: MODEL_BYTES[BGE]}),
     node("a100-single-01", A100_40, 4, strategy="single", product_suffix="-MIG-1g.5gb", nvlink=uniform(4, 4),
          mig_gpus=(0, 1, 2, 3), allocatable={"nvidia.com/gpu": 28}, layout=mig_layout(SINGLE_LAYOUT, SIZES_40)),
-    node("l40s-pcie-01", L40S, 8, pcie=PCIE_ONLY, cache={QWEN_7B: MODEL_BYTES[QWEN_7B]}),
-    node("t4-legacy-01", T4, 4, agent=False),
+    node("l40s-pcie-01", L40S, 8, pcie=PCIE_ONLY, allocatable={"nvidia.com/gpu": 8, SHARE: 8000},
+         cache={QWEN_7B: MODEL_BYTES[QWEN_7B]}),
+    node("t4-legacy-01", T4, 4, allocatable={"nvidia.com/gpu": 4, SHARE: 4000}, agent=False),
     node("cpu-01", None),
 ]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scoring.model import ANNOTATION_PREFIX, SIGNALS, GpuNode, MigSlot, Plan, ScoreBreakdown
+from scoring.model import ANNOTATION_PREFIX, MILLI_PER_GPU, SIGNALS, GpuNode, GpuShare, MigSlot, Plan, ScoreBreakdown
 
 PREFIX = f"{ANNOTATION_PREFIX}/"
 # Pod, set by the user
@@ -37,6 +37,11 @@ def plan_to_dict(plan: Plan, node: GpuNode) -> dict[str, Any]:
         | ({"gpuUuid": uuids[slot.gpu]} if slot.gpu in uuids else {})
         for slot in plan.mig
     ]
+    if plan.share is not None:
+        share = plan.share
+        data["share"] = {"gpu": share.gpu, "milli": share.milli} | (
+            {"gpuUuid": uuids[share.gpu]} if share.gpu in uuids else {}
+        )
     return data
 
 
@@ -66,4 +71,13 @@ def plan_from_dict(data: Any) -> tuple[str, Plan]:
             slots.append(MigSlot(int(item["gpu"]), str(item["profile"]), int(item["start"])))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"plan 'mig' entry {item!r} lacks gpu/profile/start") from exc
-    return data["node"], Plan(tuple(gpus), tuple(slots))
+    return data["node"], Plan(tuple(gpus), tuple(slots), _share(data.get("share")))
+
+
+def _share(data: Any) -> GpuShare | None:
+    if data is None:
+        return None
+    gpu, milli = (data.get("gpu"), data.get("milli")) if isinstance(data, dict) else (None, None)
+    if type(gpu) is not int or type(milli) is not int or not 0 < milli < MILLI_PER_GPU:
+        raise ValueError(f"plan 'share' {data!r} must be {{'gpu': index, 'milli': 1..{MILLI_PER_GPU - 1}}}")
+    return GpuShare(gpu, milli)

@@ -22,7 +22,7 @@ from extender.cluster import ClusterView
 from extender.report import report
 from scoring import config as policy_config
 from scoring import policy
-from scoring.model import SIGNALS, Plan, PodRequest, ScoreBreakdown
+from scoring.model import MILLI_PER_GPU, SIGNALS, Plan, PodRequest, ScoreBreakdown
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="GPU placement for kube-scheduler.")
 
@@ -205,6 +205,8 @@ def _render(console: Console, request: PodRequest, decisions: list[ScoreBreakdow
 def _plan_text(plan: Plan) -> str:
     parts = [f"GPU {','.join(map(str, plan.gpus))}"] if plan.gpus else []
     parts += [f"{s.profile} GPU {s.gpu}/{s.start}" for s in plan.mig]
+    if plan.share is not None:
+        parts.append(f"GPU {plan.share.gpu} ({plan.share.milli}/{MILLI_PER_GPU})")
     return " ".join(parts) or "any"
 
 

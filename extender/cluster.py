@@ -13,6 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,12 @@ Obj = Mapping[str, Any]
 CHANGES_KEPT = 100_000
 
 
-def slim(kind: str, obj: Obj) -> Obj | None:
-    """What the view keeps of a listed Node or Pod: every node, GPU pods only, both slimmed."""
+def slim(kind: str, obj: Obj, share_resource: str) -> Obj | None:
+    """What the view keeps of a listed Node or Pod: every node, pods asking for GPUs or a GPU share
+    (`share_resource`) only, both slimmed."""
     if kind == "Node":
-        return convert.slim_node(obj)
-    return convert.slim_pod(obj) if convert.asks_for_gpus(obj) else None
+        return convert.slim_node(obj, share_resource)
+    return convert.slim_pod(obj) if convert.asks_for_gpus(obj, share_resource) else None
 
 
 def pod_key(pod: Obj) -> str:
@@ -81,7 +83,7 @@ class ClusterView:
         Agent heartbeats and DCGM samples are aged against the newest time found in the files
         (the moment the snapshot was taken), not against the clock of the machine reading it.
         """
-        nodes, pods = snapshot.load_snapshot(path, slim)
+        nodes, pods = snapshot.load_snapshot(path, partial(slim, share_resource=config.sharing.resource))
         samples: dict[str, GpuSample] = {}
         for dump in metrics:
             samples.update(dcgm.load_dump(dump))
@@ -107,7 +109,8 @@ class ClusterView:
 
     def _set_nodes(self, nodes: Iterable[Obj]) -> set[str]:
         old = set(self._raw_nodes)
-        self._raw_nodes = {(n.get("metadata") or {}).get("name", ""): convert.slim_node(n) for n in nodes}
+        share = self.config.sharing.resource
+        self._raw_nodes = {(n.get("metadata") or {}).get("name", ""): convert.slim_node(n, share) for n in nodes}
         return old | set(self._raw_nodes)
 
     def _set_pods(self, pods: Iterable[Obj]) -> set[str]:
@@ -125,7 +128,7 @@ class ClusterView:
     def upsert_node(self, node: Obj) -> None:
         name = (node.get("metadata") or {}).get("name", "")
         with self._lock:
-            self._raw_nodes[name] = convert.slim_node(node)
+            self._raw_nodes[name] = convert.slim_node(node, self.config.sharing.resource)
             self._rebuild(name)
 
     def remove_node(self, name: str) -> None:
@@ -266,7 +269,7 @@ class ClusterView:
     def _store_pod(self, pod: Obj) -> set[str]:
         """Record a pod that asks for GPUs (no other pod matters here); returns the nodes whose
         model it changes."""
-        if not convert.asks_for_gpus(pod):
+        if not convert.asks_for_gpus(pod, self.config.sharing.resource):
             return set()
         key = pod_key(pod)
         pod = self._pods[key] = convert.slim_pod(pod)

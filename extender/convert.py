@@ -20,6 +20,7 @@ from scoring import policy
 from scoring.config import PolicyConfig
 from scoring.model import (
     GPU_RESOURCE,
+    MILLI_PER_GPU,
     Gpu,
     GpuNode,
     MigInstance,
@@ -51,8 +52,14 @@ def name_of(obj: Mapping[str, Any]) -> str:
     return f"{namespace}/{meta.get('name')}" if namespace else str(meta.get("name"))
 
 
-def gpu_resources(pod: Mapping[str, Any]) -> dict[str, int]:
-    """The pod's effective GPU requests (`nvidia.com/gpu`, `nvidia.com/mig-*`), by resource.
+def is_gpu_resource(resource: str, share_resource: str) -> bool:
+    """`nvidia.com/gpu`, a MIG resource `nvidia.com/mig-*` or the GPU-share resource."""
+    return resource == GPU_RESOURCE or resource == share_resource or mig_profile(resource) is not None
+
+
+def gpu_resources(pod: Mapping[str, Any], share_resource: str) -> dict[str, int]:
+    """The pod's effective GPU requests (`nvidia.com/gpu`, `nvidia.com/mig-*`, the GPU-share
+    resource `share_resource` in thousandths of a GPU), by resource.
 
     As the scheduler counts them: max(sum over containers, max over init containers), requests
     defaulting to limits (the API server does that for extended resources).
@@ -60,28 +67,28 @@ def gpu_resources(pod: Mapping[str, Any]) -> dict[str, int]:
     spec = pod.get("spec") or {}
     total: Counter[str] = Counter()
     for container in spec.get("containers") or []:
-        total.update(_container_gpus(container, pod))
+        total.update(_container_gpus(container, pod, share_resource))
     for container in spec.get("initContainers") or []:
-        for resource, n in _container_gpus(container, pod).items():
+        for resource, n in _container_gpus(container, pod, share_resource).items():
             total[resource] = max(total[resource], n)
     return {r: n for r, n in total.items() if n > 0}
 
 
-def asks_for_gpus(pod: Mapping[str, Any]) -> bool:
-    """Whether the pod requests GPUs, or says so in a way that cannot be read (kept, so that the
-    node's notes can say why it is not counted)."""
+def asks_for_gpus(pod: Mapping[str, Any], share_resource: str) -> bool:
+    """Whether the pod requests GPUs or a GPU share, or says so in a way that cannot be read (kept,
+    so that the node's notes can say why it is not counted)."""
     try:
-        return bool(gpu_resources(pod))
+        return bool(gpu_resources(pod, share_resource))
     except BadObject:
         return True
 
 
-def _container_gpus(container: Mapping[str, Any], pod: Mapping[str, Any]) -> dict[str, int]:
+def _container_gpus(container: Mapping[str, Any], pod: Mapping[str, Any], share_resource: str) -> dict[str, int]:
     resources = container.get("resources") or {}
     merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
     out = {}
     for resource, quantity in merged.items():
-        if resource == GPU_RESOURCE or mig_profile(resource) is not None:
+        if is_gpu_resource(resource, share_resource):
             try:
                 value = parse_quantity(quantity)
             except ValueError as exc:
@@ -116,9 +123,18 @@ def _pod_request(pod: Mapping[str, Any], config: PolicyConfig) -> PodRequest:
     meta = pod.get("metadata") or {}
     if not meta.get("name"):
         raise BadObject("pod has no metadata.name")
-    resources = gpu_resources(pod)
+    share = config.sharing.resource
+    resources = gpu_resources(pod, share)
     if not resources:
-        raise BadObject(f"pod {name_of(pod)} requests no nvidia.com/gpu or nvidia.com/mig-* resource")
+        raise BadObject(f"pod {name_of(pod)} requests no nvidia.com/gpu, nvidia.com/mig-* or {share} resource")
+    milli = resources.get(share, 0)
+    if milli >= MILLI_PER_GPU:
+        raise BadObject(
+            f"pod {name_of(pod)}: {share}={milli} is not a share of one GPU (1..{MILLI_PER_GPU - 1}); "
+            f"ask for {GPU_RESOURCE} for whole GPUs"
+        )
+    if milli and len(resources) > 1:
+        raise BadObject(f"pod {name_of(pod)}: a pod with {share} asks for no other GPU resource")
     notes = meta.get("annotations") or {}
     spec = pod.get("spec") or {}
     workload_class = workload_class_of(pod, config)
@@ -131,7 +147,8 @@ def _pod_request(pod: Mapping[str, Any], config: PolicyConfig) -> PodRequest:
         uid=meta.get("uid", ""),
         workload_class=workload_class,
         gpus=resources.get(GPU_RESOURCE, 0),
-        mig={mig_profile(r): n for r, n in resources.items() if r != GPU_RESOURCE},
+        mig={profile: n for r, n in resources.items() if (profile := mig_profile(r)) is not None},
+        gpu_milli=milli,
         model=notes.get(ann.MODEL) or None,
         model_size=_model_size(pod, notes.get(ann.MODEL_SIZE)),
         model_required=locality_mode == "required",
@@ -178,7 +195,7 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def slim_node(node: Mapping[str, Any]) -> dict[str, Any]:
+def slim_node(node: Mapping[str, Any], share_resource: str) -> dict[str, Any]:
     """The parts of a Node that gpu-extender reads."""
     meta = node.get("metadata") or {}
     allocatable = (node.get("status") or {}).get("allocatable") or {}
@@ -187,8 +204,7 @@ def slim_node(node: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": {"name": meta.get("name"), "labels": meta.get("labels") or {},
                      "annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
                                      if k.startswith(ann.PREFIX)}},
-        "status": {"allocatable": {k: v for k, v in allocatable.items()
-                                   if k == GPU_RESOURCE or mig_profile(k) is not None}},
+        "status": {"allocatable": {k: v for k, v in allocatable.items() if is_gpu_resource(k, share_resource)}},
     }
 
 
@@ -219,8 +235,9 @@ def gpu_node(
     labels = meta.get("labels") or {}
     notes_in = meta.get("annotations") or {}
     allocatable = {}
+    share = config.sharing.resource
     for resource, quantity in ((node.get("status") or {}).get("allocatable") or {}).items():
-        if resource == GPU_RESOURCE or mig_profile(resource) is not None:
+        if is_gpu_resource(resource, share):
             try:
                 allocatable[resource] = int(parse_quantity(quantity))
             except ValueError:
@@ -255,7 +272,7 @@ def gpu_node(
         labels=dict(labels),
         notes=tuple(notes),
     )
-    return _with_usage(node_model, pods)
+    return _with_usage(node_model, pods, share)
 
 
 _Agent = tuple[
@@ -321,9 +338,10 @@ def _topology(data: Mapping[str, Any]) -> tuple[tuple[Gpu, ...], Matrix, Matrix]
     return gpus, matrices[0], matrices[1]
 
 
-def _with_usage(node: GpuNode, pods: Iterable[Mapping[str, Any]]) -> GpuNode:
+def _with_usage(node: GpuNode, pods: Iterable[Mapping[str, Any]], share_resource: str) -> GpuNode:
     held_gpus: set[int] = set()
     held_mig: set[MigSlot] = set()
+    shared: Counter[int] = Counter()
     unplanned: Counter[str] = Counter()
     notes = list(node.notes)
     single = node.mig_strategy is MigStrategy.SINGLE
@@ -331,7 +349,7 @@ def _with_usage(node: GpuNode, pods: Iterable[Mapping[str, Any]]) -> GpuNode:
         if not holds_resources(pod):
             continue
         try:
-            resources = gpu_resources(pod)
+            resources = gpu_resources(pod, share_resource)
         except BadObject as exc:
             notes.append(f"{exc}: not counted")
             continue
@@ -346,10 +364,13 @@ def _with_usage(node: GpuNode, pods: Iterable[Mapping[str, Any]]) -> GpuNode:
             for slot in plan.mig:
                 is_single = single and slot.profile == node.single_mig_profile
                 planned[GPU_RESOURCE if is_single else mig_resource(slot.profile)] += 1
+            if plan.share is not None:
+                shared[plan.share.gpu] += plan.share.milli
+                planned[share_resource] += plan.share.milli
         for resource, n in resources.items():
             if n > planned[resource]:
                 unplanned[resource] += n - planned[resource]
-    usage = Usage(frozenset(held_gpus), frozenset(held_mig), dict(unplanned))
+    usage = Usage(frozenset(held_gpus), frozenset(held_mig), dict(unplanned), dict(shared))
     return replace(node, usage=usage, notes=tuple(notes))
 
 

@@ -122,7 +122,7 @@ class Decider:
         view = self.view
         spread = view.model_spread(request)
         shape = (
-            request.workload_class, request.gpus, tuple(sorted(request.mig.items())),
+            request.workload_class, request.gpus, tuple(sorted(request.mig.items())), request.gpu_milli,
             request.model, request.model_size, request.model_required,
         )
         now = view.now()

@@ -93,10 +93,11 @@ class Watcher:
         slimmed page by page: 50,000 full pods at once would be hundreds of MB, left fragmented."""
         singular = "Node" if kind == "nodes" else "Pod"
         kept: list[dict[str, Any]] = []
+        share = self.view.config.sharing.resource
         token = None
         while True:
             page = orjson.loads(list_call(limit=self.page_size, _continue=token, _preload_content=False).data)
-            kept += filter(None, (slim(singular, item) for item in page.get("items") or []))
+            kept += filter(None, (slim(singular, item, share) for item in page.get("items") or []))
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return kept, page["metadata"]["resourceVersion"]

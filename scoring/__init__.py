@@ -1,5 +1,5 @@
 """Pure GPU placement scoring: no I/O, no clock, no Kubernetes client, no globals.
 
-One module per signal (`mig`, `topology`, `locality`, `utilization`), each exposing
+One module per signal (`mig`, `topology`, `sharing`, `locality`, `utilization`), each exposing
 `evaluate(...) -> SignalResult`; `policy` combines them by workload class.
 """

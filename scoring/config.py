@@ -7,13 +7,16 @@ naming the offending key, e.g. `weights.batch.topolgy: unknown key`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
+from scoring.fragmentation import FragmentationArgs
 from scoring.locality import LocalityArgs
-from scoring.model import ANNOTATION_PREFIX, WorkloadClass
+from scoring.model import ANNOTATION_PREFIX, GPU_RESOURCE, WorkloadClass, mig_profile
+from scoring.sharing import SharingArgs
 from scoring.utilization import UtilizationArgs
 
 
@@ -27,9 +30,11 @@ class Weights:
 
     mig: float
     topology: float
+    sharing: float
     locality: float
     utilization: float
     allocation: float
+    fragmentation: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,12 @@ class AgentArgs:
 
 
 DEFAULT_WEIGHTS = MappingProxyType({
-    WorkloadClass.LATENCY_CRITICAL: Weights(mig=1, topology=3, locality=3, utilization=2, allocation=1),
-    WorkloadClass.BATCH: Weights(mig=2, topology=2, locality=0.5, utilization=0, allocation=3),
+    WorkloadClass.LATENCY_CRITICAL: Weights(
+        mig=1, topology=3, sharing=1, locality=3, utilization=2, allocation=0, fragmentation=1000
+    ),
+    WorkloadClass.BATCH: Weights(
+        mig=2, topology=2, sharing=2, locality=0.5, utilization=0, allocation=3, fragmentation=1000
+    ),
 })
 
 
@@ -65,6 +74,8 @@ class PolicyConfig:
     locality: LocalityArgs = LocalityArgs()
     utilization: UtilizationArgs = UtilizationArgs()
     agent: AgentArgs = AgentArgs()
+    sharing: SharingArgs = SharingArgs()
+    fragmentation: FragmentationArgs = FragmentationArgs()
 
 
 _CLASS_KEYS = {"latencyCritical": WorkloadClass.LATENCY_CRITICAL, "batch": WorkloadClass.BATCH}
@@ -102,6 +113,26 @@ def _labels(value: Any, path: str) -> Mapping[str, str]:
     return MappingProxyType(dict(labels))
 
 
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_RESOURCE = re.compile(
+    rf"(?P<prefix>{_DNS_LABEL}(\.{_DNS_LABEL})*)/(?P<name>[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)"
+)
+
+
+def _extended_resource(value: Any, path: str) -> str:
+    """An extended resource name as Kubernetes accepts one (`domain/name`, outside kubernetes.io)
+    that is none of the NVIDIA device plugin's own."""
+    match = _RESOURCE.fullmatch(value) if isinstance(value, str) else None
+    if match is None or len(match["prefix"]) > 244 or len(match["name"]) > 63:
+        raise ConfigError(f"{path}: expected an extended resource name like example.com/gpu-milli, got {value!r}")
+    domain = match["prefix"]
+    if domain == "kubernetes.io" or domain.endswith(".kubernetes.io"):
+        raise ConfigError(f"{path}: {value!r} is in the kubernetes.io domain, which extended resources may not use")
+    if value == GPU_RESOURCE or mig_profile(value) is not None:
+        raise ConfigError(f"{path}: {value!r} is a whole-GPU or MIG resource, not a GPU share")
+    return value
+
+
 _fraction = _number(0.0, 1.0)
 _positive = _number(1.0, None)
 _weight = _number(0.0, None)
@@ -119,6 +150,8 @@ _SECTIONS: dict[str, tuple[str, dict[str, tuple[str, Callable[[Any, str], Any]]]
     }),
     "utilization": ("utilization", {"ttlSeconds": ("ttl_seconds", _positive)}),
     "agent": ("agent", {"maxAgeSeconds": ("max_age_seconds", _positive)}),
+    "sharing": ("sharing", {"resource": ("resource", _extended_resource)}),
+    "fragmentation": ("fragmentation", {"coverage": ("coverage", _fraction)}),
 }
 
 

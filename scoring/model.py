@@ -69,27 +69,46 @@ class MigSlot:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuShare:
+    """A share of one whole GPU: `milli` thousandths of GPU `gpu`."""
+
+    gpu: int
+    milli: int
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
-    """The devices a pod would get on a node: whole GPU indices and MIG instances."""
+    """The devices a pod would get on a node: whole GPU indices, MIG instances, a GPU share."""
 
     gpus: tuple[int, ...] = ()
     mig: tuple[MigSlot, ...] = ()
+    share: GpuShare | None = None
 
     def merged(self, other: Plan) -> Plan:
-        return Plan(self.gpus + other.gpus, self.mig + other.mig)
+        """Both plans' devices; a pod holds at most one share, so at most one plan has one."""
+        return Plan(self.gpus + other.gpus, self.mig + other.mig, self.share or other.share)
+
+    @property
+    def physical_gpus(self) -> frozenset[int]:
+        """Indices of the GPUs the plan touches: whole, parents of MIG instances, shared."""
+        shared = () if self.share is None else (self.share.gpu,)
+        return frozenset((*self.gpus, *(slot.gpu for slot in self.mig), *shared))
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
     """What pods on a node already hold.
 
-    `gpus` and `mig` are the devices named in the plans of pods placed by us; `unplanned`
-    counts, per extended resource, what pods without a plan hold (we cannot tell which device).
+    `gpus` and `mig` are the devices named in the plans of pods placed by us, `shared` the
+    thousandths of each GPU that planned GPU shares hold; `unplanned` counts, per extended
+    resource, what pods without a plan hold (we cannot tell which device): whole GPUs and MIG
+    instances in devices, the GPU-share resource in thousandths of a GPU.
     """
 
     gpus: frozenset[int] = frozenset()
     mig: frozenset[MigSlot] = frozenset()
     unplanned: Mapping[str, int] = field(default_factory=dict)  # resource name -> count
+    shared: Mapping[int, int] = field(default_factory=dict)  # GPU index -> milli held by shares
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +135,7 @@ class GpuNode:
     labels: Mapping[str, str] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     notes: tuple[str, ...] = ()
+    cpu_free_milli: int | None = None  # CPU not requested by pods, when known (fragmentation)
 
     def gpu(self, index: int) -> Gpu | None:
         for gpu in self.gpus:
@@ -124,20 +144,39 @@ class GpuNode:
         return None
 
 
+MILLI_PER_GPU = 1000
+"""A GPU share is counted in thousandths of one GPU (milli), as a sharing device plugin advertises."""
+
+
 @dataclass(frozen=True, slots=True)
 class PodRequest:
-    """The GPU part of a pod: whole GPUs, MIG instances by profile, class and model."""
+    """The GPU part of a pod: whole GPUs, MIG instances by profile, a GPU share, class and model.
+
+    `gpu_milli` is a share of ONE GPU in thousandths, 1..999 (0: no share). A share is never
+    1000 or more (that is a whole GPU: ask for `nvidia.com/gpu`) and never comes with whole GPUs
+    or MIG instances in the same pod; both raise ValueError.
+    """
 
     namespace: str
     name: str
     workload_class: WorkloadClass
     gpus: int = 0
     mig: Mapping[str, int] = field(default_factory=dict)  # profile -> count (mixed strategy)
+    gpu_milli: int = 0
     model: str | None = None
     model_size: int | None = None  # bytes, when the pod states it
     model_required: bool = False
     priority: int = 0
     uid: str = ""
+    cpu_milli: int = 0  # the pod's CPU request (fragmentation: CPU-starved GPUs)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.gpu_milli < MILLI_PER_GPU:
+            raise ValueError(
+                f"a GPU share is 1..{MILLI_PER_GPU - 1} thousandths of one GPU, not {self.gpu_milli}"
+            )
+        if self.gpu_milli and (self.gpus or any(self.mig.values())):
+            raise ValueError("a pod with a GPU share asks for no whole GPUs or MIG instances besides")
 
     @property
     def key(self) -> str:
@@ -185,7 +224,7 @@ class SignalResult:
         return SignalResult(False, 0.0, reason, unresolvable=unresolvable, summary=summary)
 
 
-SIGNALS = ("mig", "topology", "locality", "utilization")
+SIGNALS = ("mig", "topology", "sharing", "locality", "utilization")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,19 @@ Per node, with w the class's weights and A the signals that apply to the pod:
     alloc_term = 1 - allocation  (latency-critical: spread)   |   allocation  (batch: pack)
     total      = (sum_{s in A} w_s * score_s + w_alloc * alloc_term) / (sum_{s in A} w_s + w_alloc)
 
+The signals include fragmentation (`scoring/fragmentation.py`) when the caller passes a target
+workload (the shapes of the cluster's GPU pods): its weight is large for both classes, so the
+node that shuts the least of the workload out wins and the other signals decide among nodes
+within a few thousandths of a GPU of it; its GPU for a share is the sharing signal's choice. Latency-critical
+pods are placed fragmentation-aware too (they are most pods in a serving cluster) and by default
+neither spread nor pack (their allocation weight is 0): what spreading stood in for, GPUs with
+headroom, the utilization signal measures from DCGM, and the model cache the locality signal.
+
 GPU capacity is counted in GPUs; a MIG instance counts as its share of memory slices (1g.10gb on
-an H100 = 1/8). A node is feasible when every signal is; batch pods are also rejected on nodes
-matching `headroom.nodeSelector` when they would leave less than `headroom.fraction` of the node's
-capacity free: that headroom is kept for latency-critical pods.
+an H100 = 1/8), a GPU share as its thousandths (300 milli = 0.3). A node is feasible when every
+signal is; batch pods are also rejected on nodes matching `headroom.nodeSelector` when they would
+leave less than `headroom.fraction` of the node's capacity free: that headroom is kept for
+latency-critical pods.
 
 Preemption: `may_evict` says which classes a pod may evict (never a latency-critical pod);
 victims are chosen lowest priority first, then pruned to the fewest that still make room.
@@ -27,11 +36,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
-from scoring import locality, mig, topology, utilization
+from scoring import fragmentation, locality, mig, sharing, topology, utilization
 from scoring.config import PolicyConfig
 from scoring.mig_catalog import COMPUTE_SLICES, MEMORY_SLICES, compute_slices, profiles_for
 from scoring.model import (
     GPU_RESOURCE,
+    MILLI_PER_GPU,
     GpuNode,
     GpuSample,
     MigStrategy,
@@ -75,10 +85,12 @@ def evaluate(
     samples: Mapping[str, GpuSample],
     now: float,
     config: PolicyConfig,
+    workload: fragmentation.Workload | None = None,
 ) -> list[ScoreBreakdown]:
-    """Every node's decision for the pod, best first (feasible first, then by score)."""
+    """Every node's decision for the pod, best first (feasible first, then by score).
+    `workload`: the target workload of the fragmentation signal (None: the signal is off)."""
     spread = locality.model_spread(nodes, request.model or "", request.model_size)
-    decisions = [score_node(node, request, spread, samples, now, config) for node in nodes]
+    decisions = [score_node(node, request, spread, samples, now, config, workload) for node in nodes]
     return rank(decisions)
 
 
@@ -89,15 +101,19 @@ def score_node(
     samples: Mapping[str, GpuSample],
     now: float,
     config: PolicyConfig,
+    workload: fragmentation.Workload | None = None,
 ) -> ScoreBreakdown:
     if not node.allocatable and not node.gpus:
         return _rejected(node, {}, "node has no NVIDIA GPUs", "no NVIDIA GPUs", unresolvable=True)
+    frag = fragmentation.evaluate(node, request, workload)
     signals: dict[str, SignalResult] = {
         "mig": mig.evaluate(node, request),
-        "topology": topology.evaluate(node, request),
+        "topology": topology.evaluate(node, request, config.sharing),
+        "sharing": sharing.evaluate(node, request, config.sharing, _share_choice(frag)),
+        "fragmentation": frag,
         "locality": locality.evaluate(node, request, spread, config.locality),
     }
-    plan = signals["mig"].plan.merged(signals["topology"].plan)
+    plan = signals["mig"].plan.merged(signals["topology"].plan).merged(signals["sharing"].plan)
     signals["utilization"] = utilization.evaluate(node, plan, samples, now, config.utilization)
     failed = [s for s in signals.values() if not s.feasible]
     if failed:
@@ -105,8 +121,8 @@ def score_node(
         summary = "; ".join(s.summary or s.reason for s in failed)
         return _rejected(node, signals, reason, summary, unresolvable=any(s.unresolvable for s in failed))
 
-    capacity = capacity_units(node)
-    held = held_units(node)
+    capacity = capacity_units(node, config.sharing)
+    held = held_units(node, config.sharing)
     wanted = request_units(node, request)
     if request.workload_class is WorkloadClass.BATCH and _matches(node, config.headroom.node_selector):
         reserved = config.headroom.fraction * capacity
@@ -160,22 +176,25 @@ def rank(decisions: Iterable[ScoreBreakdown]) -> list[ScoreBreakdown]:
     return sorted(scored, key=lambda d: (not d.feasible, -d.score, -d.total, d.node))
 
 
-def capacity_units(node: GpuNode) -> float:
-    """The node's GPU capacity in GPUs."""
+def capacity_units(node: GpuNode, shares: sharing.SharingArgs = sharing.SharingArgs()) -> float:
+    """The node's GPU capacity in GPUs (shares split the whole GPUs, they add none)."""
     if node.gpu_count:
         return float(node.gpu_count)
     if node.gpus:
         return float(len(node.gpus))
-    whole = 0 if node.mig_strategy is MigStrategy.SINGLE else node.allocatable.get(GPU_RESOURCE, 0)
+    whole = 0 if node.mig_strategy is MigStrategy.SINGLE else max(
+        node.allocatable.get(GPU_RESOURCE, 0), node.allocatable.get(shares.resource, 0) // MILLI_PER_GPU
+    )
     return whole + sum(
         count * _mig_units(node, profile) for profile, count in _by_profile(node, node.allocatable).items()
     )
 
 
-def held_units(node: GpuNode) -> float:
+def held_units(node: GpuNode, shares: sharing.SharingArgs = sharing.SharingArgs()) -> float:
     usage = node.usage
     units = sum(_mig_units(node, slot.profile) for slot in usage.mig)
     units += sum(count * _mig_units(node, p) for p, count in _by_profile(node, node.usage.unplanned).items())
+    units += (sum(usage.shared.values()) + usage.unplanned.get(shares.resource, 0)) / MILLI_PER_GPU
     if node.mig_strategy is not MigStrategy.SINGLE:
         units += len(usage.gpus) + usage.unplanned.get(GPU_RESOURCE, 0)
     return units
@@ -183,7 +202,7 @@ def held_units(node: GpuNode) -> float:
 
 def request_units(node: GpuNode, request: PodRequest) -> float:
     wants = mig.wanted(node, request)
-    return topology.whole_gpus(node, request) + sum(
+    return topology.whole_gpus(node, request) + request.gpu_milli / MILLI_PER_GPU + sum(
         count * _mig_units(node, profile) for profile, count in wants.items()
     )
 
@@ -205,6 +224,20 @@ def _by_profile(node: GpuNode, resources: Mapping[str, int]) -> dict[str, int]:
     if node.mig_strategy is MigStrategy.SINGLE:
         counts[node.single_mig_profile or ""] = resources.get(GPU_RESOURCE, 0)
     return counts
+
+
+def _share_choice(frag: SignalResult) -> sharing.GpuChoice:
+    """The GPU for a share: the one the fragmentation signal planned while it fits, else best fit."""
+    planned = frag.plan.share
+    if planned is None:
+        return sharing.best_fit
+
+    def choose(free: Mapping[int, int], milli: int) -> int:
+        if free.get(planned.gpu, 0) >= milli:
+            return planned.gpu
+        return sharing.best_fit(free, milli)
+
+    return choose
 
 
 def _matches(node: GpuNode, selector: Mapping[str, str]) -> bool:

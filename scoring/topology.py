@@ -1,6 +1,7 @@
 """NVLink topology: for a k-GPU pod, the best set of k free whole GPUs on the node.
 
-Free GPUs are the node's non-MIG GPUs (MIG instances have no peer-to-peer) that no plan holds.
+Free GPUs are the node's non-MIG GPUs (MIG instances have no peer-to-peer) that no plan holds,
+whole or in part: a GPU that a share holds is not free (`scoring.sharing.taken_by_shares`).
 Candidate sets are ranked by, best first:
 
 1. every pair joined by NVLink (an NVLink clique: an NVSwitch domain, or a fully meshed board);
@@ -32,6 +33,7 @@ from math import comb
 import networkx as nx
 
 from scoring.model import GPU_RESOURCE, NEUTRAL, GpuNode, MigStrategy, Plan, PodRequest, SignalResult
+from scoring.sharing import SharingArgs, taken_by_shares
 
 Matrix = tuple[tuple[int, ...], ...]
 PCIE_LEVELS = (0, 10, 20, 30, 40, 50)  # NVML: internal, PIX, PXB, PHB, NODE, SYS
@@ -48,7 +50,7 @@ def whole_gpus(node: GpuNode, request: PodRequest) -> int:
     return 0 if node.mig_strategy is MigStrategy.SINGLE else request.gpus
 
 
-def evaluate(node: GpuNode, request: PodRequest) -> SignalResult:
+def evaluate(node: GpuNode, request: PodRequest, sharing: SharingArgs = SharingArgs()) -> SignalResult:
     k = whole_gpus(node, request)
     if k == 0:
         if node.mig_strategy is MigStrategy.SINGLE and request.gpus > 1:
@@ -60,23 +62,28 @@ def evaluate(node: GpuNode, request: PodRequest) -> SignalResult:
             f"node offers no whole GPUs ({GPU_RESOURCE})", "no whole GPUs on node", unresolvable=True
         )
     unplanned = node.usage.unplanned.get(GPU_RESOURCE, 0)
-    free_count = allocatable - len(node.usage.gpus) - unplanned
+    shared, unplanned_shared = taken_by_shares(node, sharing)
+    shared_count = len(shared - node.usage.gpus) + unplanned_shared
+    free_count = allocatable - len(node.usage.gpus) - unplanned - shared_count
     if free_count < k:
         return SignalResult.reject(
-            f"needs {k} GPUs, {max(free_count, 0)} of {allocatable} free",
+            f"needs {k} GPUs, {max(free_count, 0)} of {allocatable} free"
+            + (f" ({shared_count} shared)" if shared_count else ""),
             "not enough free GPUs",
             unresolvable=allocatable < k,
         )
     if node.nvlink is None or not node.gpus:
         return _neutral(k, "no topology data; free by allocatable")
-    free = [g.index for g in node.gpus if not g.mig_enabled and g.index not in node.usage.gpus]
+    taken = node.usage.gpus | shared
+    free = [g.index for g in node.gpus if not g.mig_enabled and g.index not in taken]
     if len(free) < k:
         return _neutral(k, "topology data disagrees with allocatable; free by allocatable")
     choice = _choose(node.nvlink, node.pcie, tuple(free), k)
     if choice is None:
         return _neutral(k, f"too many GPU sets to compare ({len(free)} free)")
     chosen, score, reason = choice
-    tentative = f"; {unplanned} held by pods without a plan, so the plan is tentative" if unplanned else ""
+    unknown = unplanned + unplanned_shared
+    tentative = f"; {unknown} held by pods without a plan, so the plan is tentative" if unknown else ""
     plan = Plan(gpus=chosen)
     if k == 1:
         return SignalResult(True, NEUTRAL, f"GPU {chosen[0]}{tentative}", plan, applicable=False)

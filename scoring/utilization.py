@@ -4,7 +4,7 @@ For each GPU with a sample no older than `ttl_seconds` at `now`:
 
     load(g) = max(util(g), fb_used(g) / (fb_used(g) + fb_free(g)))
 
-With P the planned GPUs (for MIG, their parent GPUs) and N all GPUs of the node, both restricted
+With P the planned GPUs (for MIG, their parent GPUs; for a share, its GPU) and N all GPUs of the node, both restricted
 to GPUs with fresh samples:
 
     score = 1 - (load(P) + load(N)) / 2     when P and N have data (means over the sets)
@@ -61,7 +61,7 @@ def evaluate(
             )
         return SignalResult(True, NEUTRAL, "no DCGM data: neutral")
     node_load = sum(fresh.values()) / len(fresh)
-    planned = {*plan.gpus, *(slot.gpu for slot in plan.mig)} & fresh.keys()
+    planned = plan.physical_gpus & fresh.keys()
     if planned:
         plan_load = sum(fresh[g] for g in planned) / len(planned)
         score = 1.0 - (plan_load + node_load) / 2

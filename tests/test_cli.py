@@ -31,7 +31,7 @@ def test_json_output_shape_and_order():
     for node in doc["nodes"]:
         assert set(node) == {"node", "feasible", "score", "signals", "plan", "reason"}
         assert isinstance(node["score"], int) and 0 <= node["score"] <= 10
-        assert set(node["signals"]) == {"mig", "topology", "locality", "utilization"}
+        assert set(node["signals"]) == {"mig", "topology", "sharing", "locality", "utilization"}
         assert all(isinstance(v, float) for v in node["signals"].values())
         assert isinstance(node["reason"], str) and node["reason"]
     keys = [(not n["feasible"], -n["score"]) for n in doc["nodes"]]
@@ -119,3 +119,25 @@ def _pod(limits: dict[str, str], workload_class: str | None = None) -> str:
         meta["annotations"] = {"gpu-extender.io/class": workload_class}
     return yaml.safe_dump({"apiVersion": "v1", "kind": "Pod", "metadata": meta,
                            "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": limits}}]}})
+
+
+def test_a_share_pod_shows_its_gpu_and_thousandths(tmp_path: Path):
+    notebook = str(EXAMPLES / "pods" / "notebook-share-batch.yaml")
+    result = score("--pod", notebook, "--output", "json")
+    assert result.exit_code == 0, result.output
+    nodes = {n["node"]: n for n in json.loads(result.stdout)["nodes"]}
+    # Only the two nodes that advertise gpu-extender.io/gpu-milli can take it.
+    assert {name for name, n in nodes.items() if n["feasible"]} == {"t4-legacy-01", "l40s-pcie-01"}
+    assert nodes["t4-legacy-01"]["plan"]["share"] == {"gpu": 0, "milli": 250}  # no agent: no UUID
+    l40s = nodes["l40s-pcie-01"]
+    assert l40s["plan"]["share"]["gpu"] == 1 and l40s["plan"]["share"]["gpuUuid"].startswith("GPU-")  # 0 is held
+    assert l40s["signals"]["sharing"] == 0.25 and l40s["plan"]["gpus"] == []
+    assert "no GPU shares" in nodes["h100-inf-01"]["reason"]
+    table = score("--pod", notebook)
+    assert table.exit_code == 0 and "250/1000 of GPU 1" in " ".join(table.stdout.split())  # rich wraps lines
+    whole = yaml.safe_load(Path(notebook).read_text())
+    whole["spec"]["containers"][0]["resources"]["limits"]["gpu-extender.io/gpu-milli"] = 1000
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(whole))
+    failed = score("--pod", str(bad))
+    assert failed.exit_code == 2 and "is not a share of one GPU" in failed.output

@@ -161,3 +161,35 @@ def test_explained_decisions_stay_within_their_budget(view, monkeypatch):
         pod["metadata"]["name"] = f"tp4-{i}"
         decider.remember(decider.decide(pod, names))
     assert [decider.explain("inference", f"tp4-{i}") is not None for i in range(5)] == [False, False, True, True, True]
+
+
+def share_pod(name: str, milli: int, node: str | None = None, plan: dict | None = None) -> dict:
+    pod = bound_pod(name, node or "", 1, plan)
+    pod["spec"]["containers"][0]["resources"] = {"limits": {"gpu-extender.io/gpu-milli": str(milli)}}
+    if node is None:
+        del pod["spec"]["nodeName"]
+    return pod
+
+
+def test_assumed_shares_fill_a_gpu_and_the_cache_tells_share_sizes_apart(view):
+    """l40s-pcie-01 has GPUs 1, 3, 5, 7 free: assumed 300-milli shares go three to a GPU, and a
+    400-milli pod (another request shape) no longer fits on a GPU holding 900."""
+    decider = Decider(view)
+    small, large = share_pod("probe-small", 100), share_pod("probe-large", 400)
+    planned = []
+    for i in range(12):
+        pod = share_pod(f"s{i}", 300)
+        decision = decider.decide(pod, ["l40s-pcie-01"]).breakdowns["l40s-pcie-01"]
+        assert decision.feasible and decision.plan.share is not None
+        written = view.assume(pod, "l40s-pcie-01", decision.plan)
+        planned.append((written["share"]["gpu"], written["share"]["milli"]))
+    assert planned == [(g, 300) for g in (1, 1, 1, 3, 3, 3, 5, 5, 5, 7, 7, 7)]
+    assert dict(view.node("l40s-pcie-01").usage.shared) == {1: 900, 3: 900, 5: 900, 7: 900}
+    assert cached(decider, view, small)["l40s-pcie-01"][0] is True
+    assert cached(decider, view, large)["l40s-pcie-01"][0] is False
+    assert cached(decider, view, large) == fresh(view, large)
+    # Whole-GPU pods see no free GPU there any more.
+    assert cached(decider, view, TP4)["l40s-pcie-01"][0] is False
+    view.forget(share_pod("s11", 300))
+    assert dict(view.node("l40s-pcie-01").usage.shared) == {1: 900, 3: 900, 5: 900, 7: 600}
+    assert cached(decider, view, large)["l40s-pcie-01"][0] is True

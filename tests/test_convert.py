@@ -10,9 +10,11 @@ import pytest
 from extender import annotations as ann
 from extender import convert
 from scoring.config import PolicyConfig
-from scoring.model import MigSlot, MigStrategy, WorkloadClass
+from scoring.model import GpuShare, MigSlot, MigStrategy, Plan, WorkloadClass
+from scoring.sharing import SharingArgs
 
 CONFIG = PolicyConfig()
+SHARE = "gpu-extender.io/gpu-milli"
 NOW = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc).timestamp()
 
 
@@ -44,13 +46,16 @@ def agent(gpus=2, age=10.0, **extra):
 
 
 def test_gpu_requests_default_from_limits_and_init_containers_take_the_max():
-    assert convert.gpu_resources(pod(limits={"nvidia.com/gpu": "2", "cpu": "4"})) == {"nvidia.com/gpu": 2}
-    assert convert.gpu_resources(pod(requests={"nvidia.com/mig-1g.10gb": "1"})) == {"nvidia.com/mig-1g.10gb": 1}
-    assert convert.gpu_resources(pod(limits={"nvidia.com/gpu": "1"}, init={"nvidia.com/gpu": "3"})) == {
+    assert convert.gpu_resources(pod(limits={"nvidia.com/gpu": "2", "cpu": "4"}), SHARE) == {"nvidia.com/gpu": 2}
+    assert convert.gpu_resources(pod(requests={"nvidia.com/mig-1g.10gb": "1"}), SHARE) == {
+        "nvidia.com/mig-1g.10gb": 1
+    }
+    assert convert.gpu_resources(pod(limits={"nvidia.com/gpu": "1"}, init={"nvidia.com/gpu": "3"}), SHARE) == {
         "nvidia.com/gpu": 3
     }
+    assert convert.gpu_resources(pod(limits={SHARE: "300", "example.com/other": "2"}), SHARE) == {SHARE: 300}
     with pytest.raises(convert.BadObject, match="whole number"):
-        convert.gpu_resources(pod(limits={"nvidia.com/gpu": "500m"}))
+        convert.gpu_resources(pod(limits={"nvidia.com/gpu": "500m"}), SHARE)
 
 
 def test_pod_request_reads_class_model_and_mig_profiles():
@@ -136,3 +141,79 @@ def test_only_gpu_resources_are_kept_from_allocatable():
     gpu_node = convert.gpu_node(node({"cpu": "64", "nvidia.com/gpu": "8", "nvidia.com/mig-3g.40gb": "2"}),
                                 [], NOW, CONFIG)
     assert dict(gpu_node.allocatable) == {"nvidia.com/gpu": 8, "nvidia.com/mig-3g.40gb": 2}
+
+
+# --- GPU shares --------------------------------------------------------------------------------
+
+
+def test_a_share_pod_request_reads_its_thousandths():
+    request = convert.pod_request(pod(limits={SHARE: "300"}), CONFIG)
+    assert request.gpu_milli == 300 and request.gpus == 0 and not request.mig
+    two = {"kind": "Pod", "metadata": {"name": "p", "namespace": "ns"},
+           "spec": {"containers": [{"name": "a", "resources": {"limits": {SHARE: "200"}}},
+                                   {"name": "b", "resources": {"requests": {SHARE: "300"}}}]}}
+    assert convert.pod_request(two, CONFIG).gpu_milli == 500  # one share of one GPU per pod, as counted
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({SHARE: "1000"}, "not a share of one GPU"),
+        ({SHARE: "2500"}, "not a share of one GPU"),
+        ({SHARE: "300", "nvidia.com/gpu": "1"}, "asks for no other GPU resource"),
+        ({SHARE: "300", "nvidia.com/mig-1g.10gb": "1"}, "asks for no other GPU resource"),
+        ({SHARE: "0.5"}, "whole number"),
+    ],
+)
+def test_bad_share_requests_are_named_errors(limits, message):
+    with pytest.raises(convert.BadObject, match=message):
+        convert.pod_request(pod(limits=limits), CONFIG)
+
+
+def test_a_renamed_share_resource_is_read_and_the_default_one_ignored():
+    renamed = PolicyConfig(sharing=SharingArgs("example.com/vgpu"))
+    assert convert.pod_request(pod(limits={"example.com/vgpu": "250"}), renamed).gpu_milli == 250
+    with pytest.raises(convert.BadObject, match="requests no nvidia.com/gpu, nvidia.com/mig-\\* or example.com/vgpu"):
+        convert.pod_request(pod(limits={SHARE: "250"}), renamed)
+    n = convert.gpu_node(node({"example.com/vgpu": "2000", SHARE: "2000"}), [], NOW, renamed)
+    assert dict(n.allocatable) == {"example.com/vgpu": 2000}
+
+
+def test_usage_from_share_plans_and_share_pods_without_one():
+    def share(milli: str, plan: dict | None = None, node_name: str = "n1"):
+        notes = {ann.PLAN: json.dumps({"node": node_name, **plan})} if plan else {}
+        return pod(limits={SHARE: milli}, node="n1", annotations=notes)
+
+    pods = [
+        share("300", {"share": {"gpu": 1, "milli": 300}}),
+        share("200", {"share": {"gpu": 1, "milli": 200}}),
+        share("400", {"share": {"gpu": 0, "milli": 400}}),
+        share("100"),  # placed without a plan
+        share("50", {"share": {"gpu": 0, "milli": 50}}, node_name="other"),  # stale plan: GPU unknown
+        pod(limits={SHARE: "500"}, node="n1", phase="Succeeded",
+            annotations={ann.PLAN: json.dumps({"node": "n1", "share": {"gpu": 0, "milli": 500}})}),
+    ]
+    gpu_node = convert.gpu_node(node({"nvidia.com/gpu": "2", SHARE: "2000"}, annotations=agent()), pods, NOW, CONFIG)
+    assert dict(gpu_node.allocatable) == {"nvidia.com/gpu": 2, SHARE: 2000}
+    assert dict(gpu_node.usage.shared) == {0: 400, 1: 500}
+    assert gpu_node.usage.unplanned == {SHARE: 150}
+    assert not gpu_node.usage.gpus
+
+
+def test_share_plans_round_trip_through_the_annotation():
+    gpu_node = convert.gpu_node(node({SHARE: "2000"}, annotations=agent()), [], NOW, CONFIG)
+    plan = Plan(share=GpuShare(1, 250))
+    data = ann.plan_to_dict(plan, gpu_node)
+    assert data == {"node": "n1", "gpus": [], "mig": [], "share": {"gpu": 1, "milli": 250, "gpuUuid": "GPU-1"}}
+    assert ann.plan_from_dict(json.loads(json.dumps(data))) == ("n1", plan)
+    assert "share" not in ann.plan_to_dict(Plan(gpus=(0,)), gpu_node)
+    for bad in ({"gpu": 0, "milli": 1000}, {"gpu": 0}, {"gpu": "0", "milli": 5}, [0, 5], {"gpu": True, "milli": 5}):
+        with pytest.raises(ValueError, match="share"):
+            ann.plan_from_dict({"node": "n1", "share": bad})
+
+
+def test_slim_objects_keep_what_shares_need():
+    kept = convert.slim_node(node({"cpu": "8", SHARE: "8000", "example.com/x": "1"}), SHARE)
+    assert kept["status"]["allocatable"] == {SHARE: "8000"}
+    assert convert.asks_for_gpus(pod(limits={SHARE: "10"}), SHARE)
+    assert not convert.asks_for_gpus(pod(limits={SHARE: "10"}), "example.com/vgpu")

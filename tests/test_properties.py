@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -253,3 +255,81 @@ def test_feasible_mig_plans_use_idle_instances_of_the_requested_profile(scenario
             assert len(slots) == sum(request.mig.values())
         else:
             assert slots == ()
+
+
+# --- GPU sharing: pods placed one after another ------------------------------------------------
+
+SHARE = "gpu-extender.io/gpu-milli"
+
+
+@st.composite
+def share_nodes(draw) -> GpuNode:
+    """A node of 1..8 GPUs, some MIG-enabled, advertising a nvidia.com/gpu and 1000 milli per
+    other GPU; with or without the agent's inventory and NVLink matrix; maybe share milli held
+    by pods without a plan."""
+    n = draw(st.integers(1, 8))
+    mig_gpus = draw(st.sets(st.integers(0, n - 1), max_size=n - 1))
+    whole = n - len(mig_gpus)
+    inventory = draw(st.booleans())
+    gpus = tuple(Gpu(i, f"GPU-{i}", PRODUCT, 81_559, mig_enabled=i in mig_gpus) for i in range(n))
+    nvlink = draw(symmetric(n, st.sampled_from((0, 4, 18)))) if inventory and draw(st.booleans()) else None
+    unplanned = draw(st.sampled_from((0, 0, 150, 600)))
+    return GpuNode(
+        "node",
+        allocatable={GPU_RESOURCE: whole, SHARE: 1000 * whole},
+        product=PRODUCT,
+        mig_strategy=MigStrategy.MIXED if mig_gpus else MigStrategy.NONE,
+        gpu_count=n,
+        gpus=gpus if inventory else (),
+        nvlink=nvlink,
+        usage=Usage(unplanned={SHARE: unplanned} if unplanned else {}),
+    )
+
+
+pod_sequences = st.lists(
+    st.one_of(st.integers(1, 999).map(lambda m: ("share", m)), st.integers(1, 3).map(lambda k: ("whole", k))),
+    min_size=1, max_size=40,
+)
+
+
+def placed(node: GpuNode, plan, kind: str, amount: int) -> GpuNode:
+    """The node once a pod with `plan` holds its devices (a whole-GPU plan without indices, as
+    without topology data, counts without a plan, as convert does)."""
+    usage = node.usage
+    if kind == "share":
+        shared = dict(usage.shared)
+        shared[plan.share.gpu] = shared.get(plan.share.gpu, 0) + plan.share.milli
+        return replace(node, usage=replace(usage, shared=shared))
+    if plan.gpus:
+        return replace(node, usage=replace(usage, gpus=usage.gpus | set(plan.gpus)))
+    unplanned = {**usage.unplanned, GPU_RESOURCE: usage.unplanned.get(GPU_RESOURCE, 0) + amount}
+    return replace(node, usage=replace(usage, unplanned=unplanned))
+
+
+@SETTINGS
+@given(share_nodes(), pod_sequences, st.sampled_from(list(WorkloadClass)))
+def test_no_gpu_holds_more_than_1000_milli_and_never_a_share_beside_a_whole_pod(node, pods, cls):
+    mig_gpus = {g.index for g in node.gpus if g.mig_enabled} if node.gpus else set()
+    whole_gpus = node.allocatable[GPU_RESOURCE]
+    unplanned_share = node.usage.unplanned.get(SHARE, 0)
+    for i, (kind, amount) in enumerate(pods):
+        request = (PodRequest("ns", f"p{i}", cls, gpu_milli=amount) if kind == "share"
+                   else PodRequest("ns", f"p{i}", cls, gpus=amount))
+        decision = policy.score_node(node, request, None, {}, NOW, CONFIG)
+        if not decision.feasible:
+            continue
+        if kind == "share":
+            assert decision.plan.share is not None and decision.plan.share.milli == amount
+            assert decision.plan.gpus == ()
+        else:
+            assert decision.plan.share is None
+        node = placed(node, decision.plan, kind, amount)
+        usage = node.usage
+        # No GPU over 1000 thousandths, counting the share pods without a plan on every one.
+        assert all(milli + unplanned_share <= 1000 for milli in usage.shared.values())
+        # Whole and share never on one GPU, nor a share on a MIG GPU.
+        assert not set(usage.shared) & usage.gpus
+        assert not set(usage.shared) & mig_gpus
+        # Whole GPUs held, with or without a plan, and shared GPUs fit in the node's whole GPUs.
+        held_whole = len(usage.gpus) + usage.unplanned.get(GPU_RESOURCE, 0)
+        assert held_whole + len(usage.shared) <= whole_gpus

@@ -21,6 +21,7 @@ from kubernetes import client
 from tests.e2e.conftest import EXAMPLE, MANIFESTS, ROOT, Stack, planned_event, wait_bound, wait_until
 
 PODS = sorted((ROOT / "examples" / "pods").glob("*.yaml"))
+SHARE = "gpu-extender.io/gpu-milli"
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +103,45 @@ def test_recorded_requests_match_what_kube_scheduler_sends(scheduled):
     recorder.check(["filter", "prioritize", "bind"])
 
 
+def test_gpu_shares_pack_three_to_a_gpu_through_kube_scheduler(scheduled):
+    """Four 300-milli pods on l40s-pcie-01 (GPUs 1, 3, 5, 7 free): best fit puts the first three
+    on GPU 1 and the fourth, which no longer fits there, on GPU 3."""
+    plane, _, _ = scheduled
+    l40s = next(i for i in EXAMPLE if i["kind"] == "Node" and i["metadata"]["name"] == "l40s-pcie-01")
+    topology = json.loads(l40s["metadata"]["annotations"]["gpu-extender.io/gpu-topology"])
+    uuids = {gpu["index"]: gpu["uuid"] for gpu in topology["gpus"]}
+    created = []
+    try:
+        for i in range(4):
+            pod = {"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": f"share-{i}", "namespace": "shares",
+                                "annotations": {"gpu-extender.io/class": "batch"}},
+                   "spec": {"schedulerName": "gpu-scheduler", "priorityClassName": "gpu-batch",
+                            "nodeSelector": {"kubernetes.io/hostname": "l40s-pcie-01"},
+                            "containers": [{"name": "main", "image": "pytorch/pytorch:2.4.0-cuda12.1-cudnn9-runtime",
+                                            "resources": {"limits": {SHARE: "300"}}}]}}
+            created.append(plane.pod(pod))
+            wait_bound(plane.core, f"share-{i}", "shares")
+        shares, per_gpu = [], {}
+        for pod in created:
+            bound = plane.core.read_namespaced_pod(pod.metadata.name, "shares")
+            assert bound.spec.node_name == "l40s-pcie-01"
+            plan = json.loads(bound.metadata.annotations["gpu-extender.io/plan"])
+            assert plan["node"] == "l40s-pcie-01" and plan["gpus"] == [] and plan["mig"] == []
+            share = plan["share"]
+            assert share["gpuUuid"] == uuids[share["gpu"]]
+            shares.append((share["gpu"], share["milli"]))
+            per_gpu[share["gpu"]] = per_gpu.get(share["gpu"], 0) + share["milli"]
+            score = json.loads(bound.metadata.annotations["gpu-extender.io/score"])
+            assert "sharing" in score["signals"]
+        assert shares == [(1, 300), (1, 300), (1, 300), (3, 300)]
+        assert all(milli <= 1000 for milli in per_gpu.values())
+        assert "of GPU 1" in planned_event(plane.core, created[2]).message
+    finally:
+        for pod in created:
+            delete_and_wait(plane.core, pod.metadata.name, "shares")
+
+
 def test_every_manifest_passes_a_server_side_dry_run(plane):
     files = sorted(MANIFESTS.glob("*.yaml"))
     assert {f.name for f in files} >= {"priorityclasses.yaml", "rbac.yaml", "scheduler-config.yaml",
@@ -141,6 +181,7 @@ def test_the_scheduler_config_manages_every_mig_resource_we_know():
     (extender,) = shipped["extenders"]
     managed = {r["name"] for r in extender["managedResources"]}
     known = {mig_resource(p.name) for profiles in _CATALOG.values() for p in profiles}
-    assert managed == {"nvidia.com/gpu"} | known
+    assert managed == {"nvidia.com/gpu", SHARE} | known
+    assert not any(r["ignoredByScheduler"] for r in extender["managedResources"])  # nodes advertise them all
     assert extender["nodeCacheCapable"] is True and extender["urlPrefix"].startswith("http://127.0.0.1:")
     assert shipped["profiles"][0]["percentageOfNodesToScore"] == 100

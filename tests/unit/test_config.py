@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import fields, replace
 
 import pytest
 
@@ -18,6 +19,7 @@ from scoring.config import (
 )
 from scoring.locality import LocalityArgs
 from scoring.model import WorkloadClass
+from scoring.sharing import SharingArgs
 from scoring.utilization import UtilizationArgs
 
 LC, BATCH = WorkloadClass.LATENCY_CRITICAL, WorkloadClass.BATCH
@@ -41,6 +43,7 @@ def test_nothing_given_means_the_defaults(data):
     assert config.locality == LocalityArgs()
     assert config.utilization == UtilizationArgs()
     assert config.agent == AgentArgs()
+    assert config.sharing == SharingArgs()
     assert dict(config.weights) == dict(DEFAULT_WEIGHTS)
 
 
@@ -67,6 +70,7 @@ def test_one_key_of_a_section_keeps_its_other_keys_and_other_sections():
     assert config.locality == LocalityArgs()
     assert config.utilization == UtilizationArgs()
     assert config.agent == AgentArgs()
+    assert config.sharing == SharingArgs()
     assert dict(config.weights) == dict(DEFAULT_WEIGHTS)
 
 
@@ -134,8 +138,10 @@ def test_fraction_bounds_are_inclusive():
 
 
 def test_some_zero_weights_are_allowed():
-    config = parse({"weights": {"batch": {"mig": 0, "topology": 0, "locality": 0, "utilization": 0}}})
-    assert config.weights[BATCH] == Weights(0, 0, 0, 0, DEFAULT_WEIGHTS[BATCH].allocation)
+    config = parse({"weights": {"batch": {"mig": 0, "topology": 0, "sharing": 0, "locality": 0, "utilization": 0}}})
+    assert config.weights[BATCH] == replace(
+        DEFAULT_WEIGHTS[BATCH], mig=0, topology=0, sharing=0, locality=0, utilization=0
+    )
 
 
 # --- errors name the full key path -------------------------------------------------------------
@@ -169,7 +175,7 @@ def test_unknown_keys_are_named_by_their_full_path(data, path):
 
 def test_unknown_key_lists_the_accepted_keys():
     message = error_of({"weights": {"batch": {"topolgy": 1}}})
-    for key in ("mig", "topology", "locality", "utilization", "allocation"):
+    for key in ("mig", "topology", "sharing", "locality", "utilization", "allocation"):
         assert key in message
 
 
@@ -241,14 +247,14 @@ def test_nan_is_not_a_fraction(data, path):
 
 @pytest.mark.parametrize("cls", ["batch", "latencyCritical"])
 def test_all_zero_weights_are_rejected(cls):
-    zero = {"mig": 0, "topology": 0, "locality": 0, "utilization": 0, "allocation": 0}
+    zero = {f.name: 0 for f in fields(Weights)}
     message = error_of({"weights": {cls: zero}})
     assert message.startswith(f"weights.{cls}:")
 
 
 def test_zeroing_the_only_nonzero_weights_left_is_rejected():
     # Defaults fill in keys not given: zeroing only some weights is fine, zeroing all is not.
-    given = {"mig": 0, "topology": 0, "locality": 0, "utilization": 0}
+    given = {f.name: 0 for f in fields(Weights) if f.name != "allocation"}
     parse({"weights": {"batch": given}})
     with pytest.raises(ConfigError, match=r"^weights\.batch:"):
         parse({"weights": {"batch": {**given, "allocation": 0}}})
@@ -259,3 +265,38 @@ def test_infinite_weight_is_rejected(cls):
     # YAML reads `.inf` as a float. An infinite weight makes every total inf/inf = NaN, and
     # `policy.rank` then fails converting NaN to an integer: the config must not accept it.
     assert error_of({"weights": {cls: {"topology": math.inf}}}).startswith(f"weights.{cls}.topology:")
+
+
+# --- sharing -----------------------------------------------------------------------------------
+
+
+def test_the_share_resource_defaults_to_ours_and_can_be_renamed():
+    assert parse({}).sharing.resource == "gpu-extender.io/gpu-milli"
+    assert parse({"sharing": {"resource": "example.com/vgpu-milli"}}).sharing.resource == "example.com/vgpu-milli"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("gpu-milli", "extended resource name"),  # no domain
+        ("example.com/", "extended resource name"),
+        ("Example.com/gpu", "extended resource name"),  # domains are lower case
+        ("example.com/gpu milli", "extended resource name"),
+        ("example.com/" + "m" * 64, "extended resource name"),
+        (1000, "extended resource name"),
+        (None, "extended resource name"),
+        ("kubernetes.io/gpu-milli", "kubernetes.io"),
+        ("node.kubernetes.io/gpu-milli", "kubernetes.io"),
+        ("nvidia.com/gpu", "not a GPU share"),
+        ("nvidia.com/mig-1g.10gb", "not a GPU share"),
+    ],
+)
+def test_a_bad_share_resource_is_a_named_error(value, says):
+    message = error_of({"sharing": {"resource": value}})
+    assert message.startswith("sharing.resource:")
+    assert says in message
+
+
+def test_unknown_sharing_keys_are_rejected():
+    assert error_of({"sharing": {"resouce": "example.com/x"}}).startswith("sharing.resouce: unknown key")
+    assert error_of({"sharing": "example.com/x"}).startswith("sharing:")

@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 import pytest
 
-from scoring import policy
+from scoring import fragmentation, policy
 from scoring.config import ClassifyArgs, HeadroomArgs, PolicyConfig, Weights
 from scoring.model import (
     GPU_RESOURCE,
@@ -216,25 +216,49 @@ def test_headroom_selector_must_match_every_label():
 @pytest.mark.parametrize("gpus", [1, 2])
 @pytest.mark.parametrize("workload_class, winner, loser", [
     (BATCH, "fuller", "emptier"),  # batch packs onto the more allocated node
-    (LC, "emptier", "fuller"),  # latency-critical spreads onto the less allocated one
+    (LC, "emptier", "fuller"),  # latency-critical, given an allocation weight, spreads
 ])
 def test_batch_packs_and_latency_critical_spreads(make, gpus, workload_class, winner, loser):
+    weights = dict(CONFIG.weights)
+    weights[LC] = replace(weights[LC], allocation=1)
+    config = replace(CONFIG, weights=MappingProxyType(weights))
     nodes = [make("emptier", held=1), make("fuller", held=5)]
-    d = decide(nodes, request(workload_class, gpus=gpus))
+    d = decide(nodes, request(workload_class, gpus=gpus), config)
     assert d[winner].feasible and d[loser].feasible
     assert d[winner].total > d[loser].total
     assert d[winner].score == 10
     assert d[loser].score < 10
-    assert [x.node for x in policy.evaluate(nodes, request(workload_class, gpus=gpus), {}, NOW, CONFIG)][0] == winner
+    assert [x.node for x in policy.evaluate(nodes, request(workload_class, gpus=gpus), {}, NOW, config)][0] == winner
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_latency_critical_neither_packs_nor_spreads_by_default(gpus):
+    """Spreading was a stand-in for headroom, which the utilization signal measures; without
+    DCGM data two nodes that differ only in allocation are equal for a latency-critical pod."""
+    nodes = [plain_node("emptier", held=1), plain_node("fuller", held=5)]
+    d = decide(nodes, request(LC, gpus=gpus))
+    assert d["emptier"].total == d["fuller"].total
+
+
+def test_fragmentation_outweighs_packing_for_batch_pods():
+    """Target workload: mostly 1-GPU pods, some 4-GPU ones. On the node with 4 GPUs free a 1-GPU
+    pod shuts out a 4-GPU pod; on the one with 7 free it does not. Packing alone would pick the
+    fuller node."""
+    workload = fragmentation.target_workload({fragmentation.Shape(4, 1000): 1, fragmentation.Shape(1, 1000): 9})
+    nodes = [plain_node("packed", held=4), plain_node("roomy", held=1)]
+    ranked = policy.evaluate(nodes, request(BATCH, gpus=1), {}, NOW, CONFIG, workload)
+    assert [d.node for d in ranked] == ["roomy", "packed"]
+    assert ranked[0].signals["fragmentation"].score > ranked[1].signals["fragmentation"].score
+    assert [d.node for d in policy.evaluate(nodes, request(BATCH, gpus=1), {}, NOW, CONFIG)][0] == "packed"
 
 
 def test_signals_that_do_not_apply_leave_the_total_unchanged():
     # A pod naming no model: the locality weight must not matter.
     nodes = [plain_node("a", held=1), plain_node("b", held=4)]
     heavy = dict(CONFIG.weights)
-    heavy[BATCH] = Weights(mig=2, topology=2, locality=100, utilization=0, allocation=3)
+    heavy[BATCH] = Weights(mig=2, topology=2, sharing=2, locality=100, utilization=0, allocation=3)
     none_ = dict(CONFIG.weights)
-    none_[BATCH] = Weights(mig=2, topology=2, locality=0, utilization=0, allocation=3)
+    none_[BATCH] = Weights(mig=2, topology=2, sharing=2, locality=0, utilization=0, allocation=3)
     req = request(BATCH)
     a = decide(nodes, req, replace(CONFIG, weights=MappingProxyType(heavy)))
     b = decide(nodes, req, replace(CONFIG, weights=MappingProxyType(none_)))

@@ -1,0 +1,256 @@
+"""Fragmentation: how much of the expected workload a placement shuts out of a node.
+
+After FGD (Weng et al., USENIX ATC '23, "fragmentation gradient descent"), with a second,
+capacity-aware view added to FGD's. The target workload M is a distribution of pod shapes m:
+k_m GPUs of g_m milli each (a share of one GPU when g_m < 1000), c_m milli-CPU, the GPU models
+S_m it may run on (empty: any), with popularity p_m (sum 1). A node n offers free milli
+f_1..f_G on its GPUs, free CPU c(n) (unknown: no limit) and GPU model mu(n). How many m-pods n
+could still take, m alone:
+
+    fits_m(n) = 0                                                   if S_m and mu(n) not in S_m
+              = min(floor(c(n) / c_m), sum_i floor(f_i / g_m))      share shape (g_m < 1000)
+              = min(floor(c(n) / c_m), floor(#{i: f_i = 1000} / k_m))   whole GPUs
+
+Two views of what n can still do for the workload:
+
+    usable(n) = sum_m p_m * k_m * g_m * fits_m(n)      milli of m-pods n could still serve: exact
+                                                        remainders, multiples of k_m, CPU-starved
+    S(n)      = sum_m p_m * (sum_{i: f_i < g_m} f_i  if fits_m(n) > 0  else  sum_i f_i)
+                                                        FGD's fragmentation: GPUs too small for m
+
+Placing pod q (r_q milli in all) on GPUs P of n (n' = n with q on P) costs
+
+    loss(q, n, P) = [usable(n) - usable(n')] + [S(n') - S(n) + r_q]      (each part >= 0)
+    score         = 1 / (1 + loss / 1000)
+
+The first part is the workload capacity the pod removes, the second FGD's fragmentation gradient
+(plus r_q, which is the same on every node): on the Alibaba openb trace either alone does worse
+than FGD on some pod list, their sum better on all (benchmarks/README.md). One GPU of loss halves
+the score. The GPUs: whole-GPU pods take free whole GPUs (which ones is topology's business); a
+share pod takes the GPU with the least loss, ties to the fullest, then lowest index: the
+signal's plan names it.
+
+On a `GpuNode`, f_i counts the node's non-MIG GPUs: 1000 less the shares planned on it, 0 when
+a plan holds it whole; whole GPUs held by pods without a plan are taken from the free ones, last
+index first (shares without a plan are on no known GPU: the sharing signal guards them). c(n)
+is `cpu_free_milli` (the extender leaves it unknown), c_m and the pod's CPU its `cpu_milli`.
+The signal does not apply without a target workload, to MIG requests (MIG has its own fit) or
+on nodes whose GPUs are all MIG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+from scoring.model import (
+    GPU_RESOURCE,
+    MILLI_PER_GPU,
+    GpuNode,
+    GpuShare,
+    MigStrategy,
+    Plan,
+    PodRequest,
+    SignalResult,
+)
+
+MILLI = MILLI_PER_GPU
+UNIT = 1000.0
+"""Loss that halves the score: one GPU of the workload."""
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentationArgs:
+    # The target workload keeps the most frequent shapes covering this share of the counted pods
+    # (FGD's choice): the long tail changes the measures little and costs time on every node.
+    coverage: float = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """A pod shape of the target workload: `gpus` GPUs of `milli` each (1..999: a share of one)."""
+
+    gpus: int
+    milli: int
+    cpu_milli: int = 0
+    models: frozenset[str] = frozenset()  # GPU models it may run on; empty = any
+
+    @property
+    def total(self) -> int:
+        return self.gpus * self.milli
+
+
+@dataclass(frozen=True, eq=False)
+class Workload:
+    """Target workload: shapes with popularity summing to 1. Compared and hashed by identity, so
+    the memoised measures below key on it cheaply; build one per change of the counts."""
+
+    shapes: tuple[tuple[Shape, float], ...]
+
+
+def target_workload(counts: Mapping[Shape, int], coverage: float = 1.0) -> Workload:
+    """FGD's target workload: the most frequent shapes (ties: larger first), taken until they
+    cover `coverage` of the counted pods, then those that ask for GPUs, popularity renormalised
+    over them. Non-positive counts are left out."""
+    ranked = sorted(((s, n) for s, n in counts.items() if n > 0),
+                    key=lambda sn: (-sn[1], -sn[0].gpus, -sn[0].milli, -sn[0].cpu_milli,
+                                    sorted(sn[0].models)))
+    pods = sum(n for _, n in ranked)
+    chosen: list[tuple[Shape, int]] = []
+    covered = 0
+    for shape, n in ranked:
+        if covered >= coverage * pods:
+            break
+        covered += n
+        if shape.total:
+            chosen.append((shape, n))
+    kept = sum(n for _, n in chosen)
+    return Workload(tuple((s, n / kept) for s, n in chosen))
+
+
+def fits(shape: Shape, model: str, cpu_milli: int | None, free: Iterable[int]) -> int:
+    """fits_m(n): how many pods of `shape` the free resources could still take."""
+    if not shape.total or (shape.models and model not in shape.models):
+        return 0
+    if shape.milli < MILLI:
+        slots = sum(f // shape.milli for f in free)
+    else:
+        slots = sum(1 for f in free if f >= MILLI) // shape.gpus
+    if cpu_milli is not None and shape.cpu_milli > 0:
+        slots = min(slots, cpu_milli // shape.cpu_milli)
+    return slots
+
+
+@lru_cache(maxsize=1 << 18)
+def _measures(workload: Workload, model: str, cpu_milli: int | None, free: tuple[int, ...]
+              ) -> tuple[float, float]:
+    """(usable(n), S(n)) for free milli `free` sorted in decreasing order, memoised."""
+    usable_ = stranded_ = 0.0
+    for shape, p in workload.shapes:
+        n = fits(shape, model, cpu_milli, free)
+        usable_ += p * shape.total * n
+        stranded_ += p * (sum(f for f in free if f < shape.milli) if n else sum(free))
+    return usable_, stranded_
+
+
+def usable(workload: Workload, model: str, cpu_milli: int | None, free: tuple[int, ...]) -> float:
+    """usable(n): the milli of the workload the node could still serve."""
+    return _measures(workload, model, cpu_milli, tuple(sorted(free, reverse=True)))[0]
+
+
+def measure(workload: Workload, model: str, cpu_milli: int | None, free: tuple[int, ...]) -> float:
+    """F(n): free milli on the node that no shape of the workload could use."""
+    return sum(free) - usable(workload, model, cpu_milli, free)
+
+
+def stranded(workload: Workload, model: str, cpu_milli: int | None, free: tuple[int, ...]) -> float:
+    """S(n): FGD's fragmentation, free milli on GPUs too small for a shape that fits, all free
+    milli for one that does not."""
+    return _measures(workload, model, cpu_milli, tuple(sorted(free, reverse=True)))[1]
+
+
+def score(loss: float) -> float:
+    return 1.0 / (1.0 + max(loss, 0.0) / UNIT)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """The GPUs (indices into `free`) a pod would take, and the usable capacity it removes."""
+
+    gpus: tuple[int, ...]
+    loss: float
+
+
+def place(workload: Workload, model: str, cpu_milli: int | None, free: tuple[int, ...],
+          gpus: int, milli: int, pod_cpu_milli: int = 0) -> Placement | None:
+    """The least-loss placement of a pod of `gpus` x `milli` (and `pod_cpu_milli`) on a node with
+    free milli `free` per GPU (by index), or None when it does not fit. Memoised per distinct
+    free multiset; indices are mapped back to this node's order."""
+    order = tuple(sorted(range(len(free)), key=lambda i: (-free[i], i)))
+    ranked = tuple(free[i] for i in order)
+    best = _place(workload, model, cpu_milli, ranked, gpus, milli, pod_cpu_milli)
+    if best is None:
+        return None
+    positions, loss = best
+    return Placement(tuple(sorted(order[p] for p in positions)), loss)
+
+
+@lru_cache(maxsize=1 << 18)
+def _place(workload: Workload, model: str, cpu_milli: int | None, ranked: tuple[int, ...],
+           gpus: int, milli: int, pod_cpu_milli: int) -> tuple[tuple[int, ...], float] | None:
+    """As `place`, for free milli sorted in decreasing order; positions into `ranked`."""
+    if cpu_milli is not None and pod_cpu_milli > cpu_milli:
+        return None
+    cpu_after = None if cpu_milli is None else cpu_milli - pod_cpu_milli
+    before = _measures(workload, model, cpu_milli, ranked)
+    request = gpus * milli
+
+    def loss(after: tuple[int, ...]) -> float:
+        usable_, stranded_ = _measures(workload, model, cpu_after, after)
+        return (before[0] - usable_) + (stranded_ - before[1] + request)
+
+    if gpus == 0:
+        return (), loss(ranked)
+    if milli >= MILLI:
+        whole = [p for p, f in enumerate(ranked) if f >= MILLI]
+        if len(whole) < gpus:
+            return None
+        taken = tuple(whole[-gpus:])  # the same free milli: any whole GPUs do
+        return taken, loss(_take(ranked, taken, milli))
+    best: tuple[tuple[int, ...], float] | None = None
+    seen: set[int] = set()
+    for p in range(len(ranked) - 1, -1, -1):  # fullest fitting GPU first: it wins ties
+        f = ranked[p]
+        if f < milli or f in seen:
+            continue
+        seen.add(f)
+        cost = loss(_take(ranked, (p,), milli))
+        if best is None or cost < best[1] - 1e-9:
+            best = ((p,), cost)
+    return best
+
+
+def _take(ranked: tuple[int, ...], positions: tuple[int, ...], milli: int) -> tuple[int, ...]:
+    after = list(ranked)
+    for p in positions:
+        after[p] -= milli
+    return tuple(sorted(after, reverse=True))
+
+
+def evaluate(node: GpuNode, request: PodRequest, workload: Workload | None) -> SignalResult:
+    if workload is None or not workload.shapes:
+        return SignalResult.not_applicable("no target workload")
+    if any(request.mig.values()):
+        return SignalResult.not_applicable("MIG request")
+    indices, free = node_free(node)
+    if not indices:
+        return SignalResult.not_applicable("no whole GPUs to fragment")
+    gpus, milli = (1, request.gpu_milli) if request.gpu_milli else (request.gpus, MILLI)
+    placed = place(workload, node.product, node.cpu_free_milli, free, gpus, milli,
+                   request.cpu_milli)
+    if placed is None:
+        return SignalResult.not_applicable("does not fit the free GPU milli")
+    plan = Plan(share=GpuShare(indices[placed.gpus[0]], milli)) if request.gpu_milli else Plan()
+    reason = f"takes {placed.loss / MILLI:.2f} GPU of what the workload could use here"
+    return SignalResult(True, score(placed.loss), reason, plan)
+
+
+def node_free(node: GpuNode) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The node's non-MIG GPU indices and the free milli of each (see the module docstring)."""
+    if node.mig_strategy is MigStrategy.SINGLE:
+        return (), ()
+    if node.gpus:
+        indices = tuple(g.index for g in node.gpus if not g.mig_enabled)
+    else:
+        indices = tuple(range(node.gpu_count or node.allocatable.get(GPU_RESOURCE, 0)))
+    usage = node.usage
+    free = [0 if i in usage.gpus else MILLI - usage.shared.get(i, 0) for i in indices]
+    unplanned = usage.unplanned.get(GPU_RESOURCE, 0)
+    for p in range(len(free) - 1, -1, -1):
+        if unplanned <= 0:
+            break
+        if free[p] == MILLI:
+            free[p] = 0
+            unplanned -= 1
+    return indices, tuple(free)
