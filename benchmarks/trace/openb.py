@@ -1,8 +1,10 @@
 """Readers for node and pod lists in the openb CSV columns (Alibaba cluster-trace-gpu-v2023).
 
-Nodes: `sn,cpu_milli,memory_mib,gpu,model`. Pods: `name,cpu_milli,memory_mib,num_gpu,gpu_milli,
-gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time` (the last four may be empty
-except creation_time). A bad row raises TraceError with the file, line and reason on one line.
+Nodes: `sn,cpu_milli,memory_mib,gpu,model`. Pods: `name,cpu_milli,memory_mib,num_gpu,gpu_milli`
+and optionally `gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time` (the published
+`openb_pod_list_multigpu20.csv` has only the first five): a missing `gpu_spec` is "any model", a
+missing `qos` is "" (batch), a missing `creation_time` is the row's position in the file. A bad row
+raises TraceError with the file, line and reason on one line.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from pathlib import Path
 MILLI = 1000  # milli-GPU in one GPU
 
 NODE_COLUMNS = ("sn", "cpu_milli", "memory_mib", "gpu", "model")
-POD_COLUMNS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec", "qos",
-               "creation_time")
+POD_COLUMNS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli")
 LATENCY_CRITICAL_QOS = "LS"
 
 
@@ -107,10 +108,10 @@ def read_pods(path: str | Path) -> list[Pod]:
         if num_gpu > 1 and gpu_milli < MILLI:
             raise TraceError(f"{where}: pod {name} shares a GPU ({gpu_milli} milli) "
                              f"but asks for {num_gpu} GPUs")
-        spec = frozenset(m.strip() for m in (row["gpu_spec"] or "").split("|") if m.strip())
+        spec = frozenset(m.strip() for m in (row.get("gpu_spec") or "").split("|") if m.strip())
+        created = _int(row, "creation_time", where) if "creation_time" in row else len(pods)
         pods.append(Pod(name, _int(row, "cpu_milli", where), _int(row, "memory_mib", where),
-                        num_gpu, gpu_milli, spec, (row["qos"] or "").strip(),
-                        _int(row, "creation_time", where)))
+                        num_gpu, gpu_milli, spec, (row.get("qos") or "").strip(), created))
     if not pods:
         raise TraceError(f"{path}: no pods")
     return pods

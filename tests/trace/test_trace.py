@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from benchmarks.trace.baselines import (BestFitPolicy, Candidate, DotProdPolicy,
                                         GpuPackingPolicy, RandomPolicy, make_policy)
 from benchmarks.trace.cluster import Cluster, PlacementError, state_fits
 from benchmarks.trace.openb import MILLI, Node, Pod, TraceError, read_nodes, read_pods
+from benchmarks.trace.inference import CATALOGUE, Catalogue, InferenceView, read_latencies
+from benchmarks.trace.ours import OursPolicy
 from benchmarks.trace.replay import replay, run
 from benchmarks.trace.workload import inflate, typical_pods
 
@@ -63,6 +66,16 @@ def test_reader_reads_rows(tmp_path):
     assert n == Node("n", 8000, 512, 4, "T4")
 
 
+def test_reader_takes_the_five_column_lists(tmp_path):
+    """openb_pod_list_multigpu20.csv has no gpu_spec, qos or creation_time: any model, batch,
+    file order."""
+    path = write(tmp_path, "p.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli\n"
+                                    "a,2000,64,2,1000\nb,1000,32,1,300\n")
+    a, b = read_pods(path)
+    assert (a.gpu_spec, a.qos, a.latency_critical, a.creation_time) == (frozenset(), "", False, 0)
+    assert (b.total_gpu_milli, b.creation_time) == (300, 1)
+
+
 def test_place_refuses_every_violation():
     c = Cluster([Node("a", 4000, 10000, 2, "T4")])
     with pytest.raises(PlacementError):
@@ -96,7 +109,7 @@ NODES = [Node(f"n{i}", c, m, g, model) for i, (c, m, g, model) in enumerate(
     * 4 + [(16000, 65536, 1, "A10")] * 2 + [(32000, 65536, 0, "")] * 2)]
 
 
-@pytest.mark.parametrize("name", ["Random", "DotProd", "GpuPacking", "BestFit", "FGD"])
+@pytest.mark.parametrize("name", ["Random", "DotProd", "GpuPacking", "BestFit", "FGD", "Ours"])
 @pytest.mark.parametrize("ties", ["rank", "random"])
 def test_replay_respects_every_constraint(name, ties):
     pods = random_workload(300, random.Random(7))
@@ -113,7 +126,7 @@ def test_replay_respects_every_constraint(name, ties):
             assert len(gpus) == p.num_gpu <= 1
         seen.append((p.name, node, gpus))
 
-    policy = make_policy(name, typical_pods(pods))
+    policy = OursPolicy(pods) if name == "Ours" else make_policy(name, typical_pods(pods))
     result = run(NODES, arrivals, policy, 3, ties=ties, on_place=check)
     failed = result.failed_latency_critical + result.failed_batch
     assert result.placed == len(seen) and result.placed + failed == len(arrivals)
@@ -222,3 +235,65 @@ def test_replay_median_over_seeds_runs_in_processes():
     assert sorted((r.policy, r.seed) for r in results) == [("BestFit", 1), ("BestFit", 2),
                                                             ("Random", 1), ("Random", 2)]
     assert all(len(r.allocation) == 131 and r.allocation[0] == 0 for r in results)
+
+
+def test_ours_keeps_idle_eight_gpu_nodes_for_eight_gpu_pods():
+    """The production policy, fed the trace's shapes: a one-GPU pod of either class goes on the
+    half-used 8-GPU node, not on the idle one an 8-GPU pod still fits."""
+    workload = [pod(f"w{i}", num=1) for i in range(20)] + [pod(f"e{i}", cpu=64000, num=8)
+                                                           for i in range(2)]
+    c = Cluster([Node("idle", 96000, 10**6, 8, "G2"), Node("half", 96000, 10**6, 8, "G2")])
+    for g in range(4):
+        c.place(pod(f"fill{g}", cpu=0, mem=0), 1, (g,))
+    ours = OursPolicy(workload)
+    for qos in ("LS", "BE"):
+        assert choose(ours, c, pod(qos=qos, cpu=8000)) == (1, (4,))
+
+
+def test_ours_puts_a_share_where_it_fills_a_remainder():
+    workload = [pod(f"h{i}", milli=500) for i in range(10)]
+    c = two_node_cluster([1000, 1000], [1000, 300])
+    for qos in ("LS", "BE"):
+        assert choose(OursPolicy(workload), c, pod(qos=qos, milli=300)) == (1, (1,))
+
+
+def test_inference_view_is_seeded_and_gives_models_to_latency_critical_gpu_pods():
+    arrivals = [pod(f"l{i}", qos="LS") for i in range(200)] + [pod("b", qos="BE"),
+                                                             pod("c", qos="LS", num=0, milli=0)]
+    a = InferenceView.build(arrivals, 4, [10.0, 30.0], 1)
+    assert a.models == InferenceView.build(arrivals, 4, [10.0, 30.0], 1).models
+    assert a.models != InferenceView.build(arrivals, 4, [10.0, 30.0], 2).models
+    assert set(a.models) == {f"l{i}" for i in range(200)}
+    assert set(a.load_seconds.values()) <= {10.0, 30.0}
+    top = Catalogue.zipf().names[0]
+    assert Counter(a.models.values())[top] > 200 * 3 / CATALOGUE  # Zipf: the head is popular
+    assert all(len(cache) >= 1 for cache in a.caches)
+    assert sum(a.holders.values()) == sum(len(cache) for cache in a.caches)
+
+
+def test_inference_view_counts_hits_and_caches_what_was_loaded():
+    view = InferenceView(Catalogue.zipf(), {"a": "m", "b": "m"}, {"a": 10.0, "b": 30.0},
+                         [set(), set()])
+    view.record(pod("a"), 1)
+    assert (view.placed, view.hits, view.caches[1], view.holders) == (1, 0, {"m"}, {"m": 1})
+    view.record(pod("b"), 1)
+    view.record(pod("batch"), 0)  # no model
+    assert (view.placed, view.hits, view.saved_seconds, view.hit_share) == (2, 1, 30.0, 0.5)
+
+
+def test_read_latencies_in_seconds(tmp_path):
+    path = write(tmp_path, "l.csv", "timestamp_anon,value,container_ip\n1,22700.0,x\n2,1500,y\n")
+    assert read_latencies(path) == [22.7, 1.5]
+
+
+def test_ours_prefers_the_node_caching_the_model_when_placement_is_otherwise_equal():
+    c = two_node_cluster([1000, 1000], [1000, 1000])
+    arrivals = [pod("lc", qos="LS")]
+    view = InferenceView.build(arrivals, 2, [20.0], 3)
+    model = view.models["lc"]
+    view.caches = [set(), {model}]
+    view.holders = {model: 1}
+    for rank in ([0, 1], [1, 0]):
+        ours = OursPolicy(arrivals)
+        ours.inference, ours.node_rank = view, rank
+        assert choose(ours, c, arrivals[0])[0] == 1
