@@ -34,6 +34,7 @@ import networkx as nx
 import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
 
 from extender import annotations as ann
 from extender import convert, nvml
@@ -362,11 +363,11 @@ def main(*, node: str | None, kubeconfig: Path | None, cache_dir: Path | None, i
             return _error(f"scan failed: {exc}", EXIT_FAILED)
         log.error("node %s: first scan failed, retrying every %gs: %s", node, interval, exc)
         first = None
-    try:
-        from extender.kube import api_client
+    from extender.kube import api_client
 
+    try:
         core = client.CoreV1Api(api_client(kubeconfig))
-    except Exception as exc:  # kubeconfig missing or unreadable, not in a cluster
+    except (ConfigException, OSError, ValueError) as exc:  # kubeconfig missing or unreadable, not in a cluster
         return _error(f"cannot reach the cluster: {exc}", EXIT_USAGE)
     agent = Agent(node, core, lambda: scan(cache_dir), interval=interval, heartbeat_seconds=heartbeat_seconds)
     delivered = first is not None and agent.deliver(first)

@@ -102,6 +102,12 @@ def h100_vm() -> FakePynvml:
     return FakePynvml(gpus)
 
 
+
+def h100_single_vm() -> FakePynvml:
+    """The cloud VM with one H100 that ran the agent for real (tests/agent/real/): no NVLink
+    through the VM (NVML answers "Not Supported" for link 0), MIG disabled."""
+    return FakePynvml([FakeGpu(H100[0], uuid("h100single", 0), 0x06, H100[1], ("cpu0", "hb0"), mig=False)])
+
 # --- HGX A100 4-GPU, direct NVLink (section 4) ------------------------------------------------------
 
 HGX_A100_4_TOPO = """

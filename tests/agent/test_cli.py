@@ -102,3 +102,11 @@ def test_the_default_heartbeat_stays_well_inside_the_extenders_max_age():
     params = {p.name: p.default for p in typer.main.get_command(app).commands["agent"].params}
     # the heartbeat is renewed within heartbeat-seconds, late by at most one scan interval
     assert params["heartbeat_seconds"] + params["interval"] <= PolicyConfig().agent.max_age_seconds / 2
+
+
+def test_publishing_without_credentials_says_so_and_exits_2(monkeypatch, tmp_path):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    use(monkeypatch, machines.pcie_only())
+    result = runner.invoke(app, ["agent", "--once", "--node-name", "n1", "--kubeconfig", str(tmp_path / "absent")])
+    assert result.exit_code == 2
+    assert len(result.stderr.splitlines()) == 1 and "cannot reach the cluster" in result.stderr
