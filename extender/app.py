@@ -48,7 +48,7 @@ class SnapshotBinder:
 class Metrics:
     """The webhook's metrics, plus `collectors` from elsewhere (the DCGM refresh's)."""
 
-    def __init__(self, view: ClusterView, collectors: Iterable[Collector] = ()):
+    def __init__(self, view: ClusterView, decider: Decider, collectors: Iterable[Collector] = ()):
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "gpu_extender_request_seconds", "Time to answer kube-scheduler, by verb.", ["verb"],
@@ -72,6 +72,10 @@ class Metrics:
         fresh = Gauge("gpu_extender_dcgm_fresh_gpus", "GPUs whose DCGM sample is within utilization.ttlSeconds.",
                       registry=self.registry)
         fresh.set_function(lambda: _fresh_gpus(view))
+        outdated = Gauge("gpu_extender_outdated_shapes",
+                         "Pod shapes answering from older DCGM samples or target workload until rescored.",
+                         registry=self.registry)
+        outdated.set_function(decider.outdated)
         for collector in collectors:
             self.registry.register(collector)
 
@@ -84,7 +88,7 @@ def _fresh_gpus(view: ClusterView) -> int:
 def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector] = ()) -> FastAPI:
     app = FastAPI(title="gpu-extender", docs_url=None, redoc_url=None, openapi_url=None)
     decider = Decider(view, background=True)
-    metrics = Metrics(view, collectors)
+    metrics = Metrics(view, decider, collectors)
     bind_lock = threading.Lock()
     app.state.decider = decider
 

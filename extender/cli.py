@@ -177,7 +177,7 @@ def score(
     except (snapshot.FileError, convert.BadObject, dcgm.MetricsError) as exc:
         raise fail(str(exc)) from None
     nodes = {node.name: node for node in view.nodes()}
-    decisions = policy.evaluate(list(nodes.values()), request, view.samples, view.now(), cfg)
+    decisions = policy.evaluate(list(nodes.values()), request, view.samples, view.now(), cfg, view.target.workload)
     if output is Output.json:
         sys.stdout.write(orjson.dumps(report(request, decisions, nodes), option=orjson.OPT_INDENT_2).decode())
         sys.stdout.write("\n")

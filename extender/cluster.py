@@ -3,6 +3,8 @@
 Fed by a snapshot file or by Kubernetes watches. A node's scoring model (`GpuNode`) is rebuilt
 when the node, a pod on it or an assumed plan changes, or when its agent data ages out, never per
 request; each rebuild is logged (`changes_since`) so cached decisions know which nodes are stale.
+The shapes of the GPU pods held (bound or pending) are counted as pods come and go, and the
+fragmentation signal's target workload is published from them (`target`, extender/shapes.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from extender import annotations as ann
 from extender import convert, dcgm, snapshot
 from extender.annotations import plan_to_dict
+from extender.shapes import ShapeCounts, Target
 from scoring.config import PolicyConfig
 from scoring.locality import ModelSpread
 from scoring.model import GpuNode, GpuSample, Plan, PodRequest
@@ -56,6 +59,7 @@ class ClusterView:
         self._changes_base = 0  # sequence number of _changes[0]
         self._models: dict[str, dict[str, int]] = defaultdict(dict)  # model -> node -> bytes cached
         self._gpu_nodes: set[str] = set()
+        self._shapes = ShapeCounts(config.fragmentation.coverage)
         self.samples: Mapping[str, GpuSample] = {}
         self.samples_revision = 0
         self.synced = False
@@ -95,6 +99,7 @@ class ClusterView:
         """Start over from full lists (a snapshot)."""
         with self._lock:
             self._rebuild_all(self._set_nodes(nodes) | self._set_pods(pods))
+            self._shapes.publish()
             self.synced = True
 
     def replace_nodes(self, nodes: Iterable[Obj]) -> None:
@@ -106,6 +111,7 @@ class ClusterView:
         """All pods, from a (re-)list."""
         with self._lock:
             self._rebuild_all(self._set_pods(pods))
+            self._shapes.publish()
 
     def _set_nodes(self, nodes: Iterable[Obj]) -> set[str]:
         old = set(self._raw_nodes)
@@ -117,6 +123,7 @@ class ClusterView:
         touched = set(self._pods_on)
         self._pods.clear()
         self._pods_on.clear()
+        self._shapes.clear()
         for pod in pods:
             touched |= self._store_pod(pod)
         return touched
@@ -140,11 +147,13 @@ class ClusterView:
         with self._lock:
             for name in self._drop_pod(pod_key(pod)) | self._store_pod(pod):
                 self._rebuild(name)
+            self._shapes.publish()
 
     def remove_pod(self, key: str) -> None:
         with self._lock:
             for name in self._drop_pod(key):
                 self._rebuild(name)
+            self._shapes.publish()
 
     def set_samples(self, samples: Mapping[str, GpuSample]) -> None:
         with self._lock:
@@ -208,6 +217,11 @@ class ClusterView:
     def pod(self, key: str) -> Obj | None:
         return self._pods.get(key)
 
+    @property
+    def target(self) -> Target:
+        """The published target workload of the fragmentation signal and its revision."""
+        return self._shapes.target
+
     # --- internals -------------------------------------------------------------------------
 
     def model_spread(self, request: PodRequest) -> ModelSpread:
@@ -267,12 +281,13 @@ class ClusterView:
         return pods
 
     def _store_pod(self, pod: Obj) -> set[str]:
-        """Record a pod that asks for GPUs (no other pod matters here); returns the nodes whose
-        model it changes."""
+        """Record a pod that asks for GPUs (no other pod matters here) and count its shape; returns
+        the nodes whose model it changes."""
         if not convert.asks_for_gpus(pod, self.config.sharing.resource):
             return set()
         key = pod_key(pod)
         pod = self._pods[key] = convert.slim_pod(pod)
+        self._shapes.add(key, convert.shape(pod, self.config.sharing.resource))
         touched = set()
         node_name = (pod.get("spec") or {}).get("nodeName")
         if node_name and convert.holds_resources(pod):
@@ -284,6 +299,7 @@ class ClusterView:
         return touched
 
     def _drop_pod(self, key: str) -> set[str]:
+        self._shapes.remove(key)
         old = self._pods.pop(key, None)
         if old is None:
             return set()

@@ -18,6 +18,7 @@ from kubernetes.utils.quantity import parse_quantity
 from extender import annotations as ann
 from scoring import policy
 from scoring.config import PolicyConfig
+from scoring.fragmentation import Shape
 from scoring.model import (
     GPU_RESOURCE,
     MILLI_PER_GPU,
@@ -182,6 +183,9 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     notes = meta.get("annotations") or {}
     ours = {k: v for k, v in notes.items() if k.startswith(ann.PREFIX)} if isinstance(notes, dict) else {}
     slim_spec = {k: spec[k] for k in ("nodeName", "priority", "priorityClassName", "schedulerName") if k in spec}
+    selector = spec.get("nodeSelector")
+    if isinstance(selector, dict) and GFD_PRODUCT in selector:
+        slim_spec["nodeSelector"] = {GFD_PRODUCT: selector[GFD_PRODUCT]}
     for key in ("containers", "initContainers"):
         if spec.get(key):
             slim_spec[key] = [
@@ -193,6 +197,34 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
         "spec": slim_spec,
         "status": {"phase": (pod.get("status") or {}).get("phase")},
     }
+
+
+def shape(pod: Mapping[str, Any], share_resource: str) -> Shape | None:
+    """The pod's shape in the fragmentation signal's target workload: its whole `nvidia.com/gpu`
+    (1000 milli each) or one GPU's share in `share_resource`; the GPU models it may run on, the
+    product its nodeSelector names (`nvidia.com/gpu.product`), else any. CPU is left at 0: the
+    extender knows no node's free CPU, so it would only split the counts. None for a pod that
+    counts in no shape: finished, unreadable, asking for MIG instances only, a share that is no
+    share (1000 or more, or beside other GPU resources), or selecting a MIG product (single
+    strategy: its `nvidia.com/gpu` are MIG instances)."""
+    if (pod.get("status") or {}).get("phase") in FINISHED_PHASES:
+        return None
+    try:
+        resources = gpu_resources(pod, share_resource)
+    except BadObject:
+        return None
+    gpus, milli = resources.get(GPU_RESOURCE, 0), resources.get(share_resource, 0)
+    if milli and (milli >= MILLI_PER_GPU or len(resources) > 1):
+        return None
+    if not gpus and not milli:
+        return None
+    selector = (pod.get("spec") or {}).get("nodeSelector")
+    product = str(selector.get(GFD_PRODUCT) or "") if isinstance(selector, Mapping) else ""
+    base, _, single_profile = product.partition("-MIG-")
+    if single_profile:
+        return None
+    models = frozenset((base,)) if base else frozenset()
+    return Shape(1, milli, 0, models) if milli else Shape(gpus, MILLI_PER_GPU, 0, models)
 
 
 def slim_node(node: Mapping[str, Any], share_resource: str) -> dict[str, Any]:

@@ -1,13 +1,18 @@
 """Decider: a pod's breakdown on each candidate node, kept between requests until a node changes.
 
 A breakdown depends on the pod's request shape, the node's model, the DCGM samples, the time at
-which the node's freshest sample ages past the TTL, and the model's spread. For each request shape
-the Decider keeps the Answers it computed (extender/answers.py); nodes ClusterView reports rebuilt
-(`changes_since`) are scored again, and every node when the samples or the spread change or a
-sample ages out. A request then costs C-speed look-ups per candidate; only changed nodes are scored.
-In the server, scoring every node again (hundreds of milliseconds at 5,000 nodes, at each DCGM
-refresh) is left to a background thread: requests meanwhile answer from the previous samples for
-the nodes that did not change otherwise.
+which the node's freshest sample ages past the TTL, the model's spread and the target workload of
+the fragmentation signal (ClusterView's `target`). For each request shape the Decider keeps the
+Answers it computed (extender/answers.py); nodes ClusterView reports rebuilt (`changes_since`) are
+scored again, and every node when the samples, the target workload's revision or the spread change
+or a sample ages out. A request then costs C-speed look-ups per candidate; only changed nodes are
+scored. In the server, scoring every node again (hundreds of milliseconds at 5,000 nodes, at each
+DCGM refresh or new target workload) is left to a background thread: requests meanwhile answer
+from the previous samples for the nodes that did not change otherwise, and score the nodes that
+did with the target workload the rest of the shape's answers were scored with. The thread does
+not wait for a request to find a shape outdated: it looks every POLL_SECONDS (new samples, a new
+target workload, a sample aged past the TTL) and rescores what it finds, so a request after a
+change meets answers that already know it, but for the rescoring's own time.
 
 Memory stays bounded at any cluster size: at most SHAPE_NODES_KEPT breakdowns over all shapes
 (the least recently used shape goes first; 50,000 is ten shapes at 5,000 nodes). The last
@@ -29,7 +34,8 @@ from extender import convert
 from extender.answers import Answers, NodeAnswer
 from extender.cluster import ClusterView
 from extender.report import report
-from scoring import policy
+from extender.shapes import Target
+from scoring import fragmentation, policy
 from scoring.locality import ModelSpread
 from scoring.model import GpuNode, GpuSample, PodRequest, ScoreBreakdown
 
@@ -37,6 +43,8 @@ SHAPES_KEPT = 256
 SHAPE_NODES_KEPT = 50_000  # breakdowns kept over all shapes: about 1.2 kB each
 EXPLAINED_PODS = 2048
 EXPLAINED_NODES = 200_000
+POLL_SECONDS = 0.1
+UNSCORED = Target(-1, fragmentation.Workload(()))  # a shape's target before it is first scored
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class _ShapeCache:
     request: PodRequest
     seq: int = 0
     samples_revision: int = -1
+    target: Target = UNSCORED
     spread: ModelSpread | None = None
     until: float = float("inf")
     answers: Answers = Answers.empty()
@@ -62,9 +71,10 @@ class _ShapeCache:
 
 class Decider:
     """With `background`, a shape whose every node must be scored again (new DCGM samples, a sample
-    aged past the TTL, a new model spread) keeps answering from its current Answers, with nodes
-    changed since scored on the spot, while a background thread scores all of its nodes and then
-    swaps the result in. Without it (tests, the dry run) the request that finds out does the work."""
+    aged past the TTL, a new target workload, a new model spread) keeps answering from its current
+    Answers, with nodes changed since scored on the spot, while a background thread scores all of
+    its nodes and then swaps the result in. Without it (tests, the dry run) the request that finds
+    out does the work."""
 
     def __init__(self, view: ClusterView, background: bool = False):
         self.view = view
@@ -105,7 +115,7 @@ class Decider:
             spread = view.model_spread(request)
             answers = answers.updated({
                 name: policy.score_node(convert.gpu_node(sent[name], [], now, view.config), request, spread,
-                                        view.samples, now, view.config)
+                                        view.samples, now, view.config, view.target.workload)
                 for name, r in zip(names, records) if r is None and name in sent
             })
             records = list(map(answers.records.get, names))
@@ -125,14 +135,15 @@ class Decider:
             request.workload_class, request.gpus, tuple(sorted(request.mig.items())), request.gpu_milli,
             request.model, request.model_size, request.model_required,
         )
-        now = view.now()
+        now, target = view.now(), view.target
         cache = self._shape(shape, request)
         seq, changed = view.changes_since(cache.seq)
         answers = cache.answers
-        everything = cache.samples_revision != view.samples_revision or cache.spread != spread or now >= cache.until
+        everything = (cache.samples_revision != view.samples_revision or cache.target.revision != target.revision
+                      or cache.spread != spread or now >= cache.until)
         if changed is None or (everything and not (self._background and answers.records)):
             answers, changed, cache.until = Answers.empty(), [], float("inf")
-            cache.samples_revision, cache.spread = view.samples_revision, spread
+            cache.samples_revision, cache.target, cache.spread = view.samples_revision, target, spread
         elif everything:
             self._due[shape] = None
             self._wake.notify_all()
@@ -152,16 +163,16 @@ class Decider:
         return now, answers, records
 
     def _scorer(self, cache: _ShapeCache, spread: ModelSpread, now: float) -> Callable[[str], ScoreBreakdown | None]:
-        """Scores a node by name for the cache's shape; lowers `cache.until` to when its freshest
-        DCGM sample ages past the TTL."""
-        view, request, samples = self.view, cache.request, self.view.samples
+        """Scores a node by name for the cache's shape, with the cache's target workload; lowers
+        `cache.until` to when its freshest DCGM sample ages past the TTL."""
+        view, request, samples, workload = self.view, cache.request, self.view.samples, cache.target.workload
 
         def score(name: str) -> ScoreBreakdown | None:
             node = view.node(name)
             if node is None:
                 return None
             cache.until = min(cache.until, _fresh_until(node, samples, view.config.utilization.ttl_seconds, now))
-            return policy.score_node(node, request, spread, samples, now, view.config)
+            return policy.score_node(node, request, spread, samples, now, view.config, workload)
 
         return score
 
@@ -174,7 +185,9 @@ class Decider:
                 self._busy = False
                 self._wake.notify_all()
                 while not self._due:
-                    self._wake.wait()
+                    self._queue_outdated()
+                    if not self._due:
+                        self._wake.wait(POLL_SECONDS)
                 shape = next(iter(self._due))
                 del self._due[shape]
                 cache = self._shapes.get(shape)
@@ -182,8 +195,8 @@ class Decider:
                     continue
                 self._busy = True
                 start, _ = view.changes_since(cache.seq)
-                names, revision = list(cache.answers.records), view.samples_revision
-            fresh = _ShapeCache(cache.request, seq=start, samples_revision=revision)
+                names, revision, target = list(cache.answers.records), view.samples_revision, view.target
+            fresh = _ShapeCache(cache.request, seq=start, samples_revision=revision, target=target)
             fresh.spread, now = view.model_spread(cache.request), view.now()
             score = self._scorer(fresh, fresh.spread, now)
             answers = Answers.empty().updated({name: score(name) for name in names})
@@ -191,12 +204,30 @@ class Decider:
                 if self._shapes.get(shape) is not cache:
                     continue  # dropped meanwhile
                 seq, changed = view.changes_since(start)
-                if changed is None or view.samples_revision != revision:
+                if changed is None or view.samples_revision != revision or view.target is not target:
                     self._due[shape] = None  # too much happened meanwhile: once more
                     continue
                 fresh.answers = answers.updated({name: score(name) for name in changed})
                 fresh.seq = seq
                 self._shapes[shape] = fresh
+
+    def _outdated(self) -> list[tuple]:
+        """The shapes whose answers are older than the samples or the target workload, or hold a
+        sample aged past the TTL. Called with the lock held."""
+        view = self.view
+        now, revision, target = view.now(), view.samples_revision, view.target
+        return [shape for shape, cache in self._shapes.items()
+                if cache.answers.records and (cache.samples_revision != revision or now >= cache.until
+                                              or cache.target.revision != target.revision)]
+
+    def _queue_outdated(self) -> None:
+        for shape in self._outdated():
+            self._due[shape] = None
+
+    def outdated(self) -> int:
+        """Shapes answering from outdated samples or target workload, or being rescored."""
+        with self._lock:
+            return len(set(self._outdated()) | set(self._due)) + self._busy
 
     def settled(self, timeout: float = 30.0) -> bool:
         """Whether the background thread has nothing left to do (waits up to `timeout` seconds)."""

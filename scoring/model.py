@@ -224,7 +224,7 @@ class SignalResult:
         return SignalResult(False, 0.0, reason, unresolvable=unresolvable, summary=summary)
 
 
-SIGNALS = ("mig", "topology", "sharing", "locality", "utilization")
+SIGNALS = ("mig", "topology", "sharing", "locality", "utilization", "fragmentation")
 
 
 @dataclass(frozen=True, slots=True)

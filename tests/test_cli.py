@@ -31,7 +31,7 @@ def test_json_output_shape_and_order():
     for node in doc["nodes"]:
         assert set(node) == {"node", "feasible", "score", "signals", "plan", "reason"}
         assert isinstance(node["score"], int) and 0 <= node["score"] <= 10
-        assert set(node["signals"]) == {"mig", "topology", "sharing", "locality", "utilization"}
+        assert set(node["signals"]) == {"mig", "topology", "sharing", "locality", "utilization", "fragmentation"}
         assert all(isinstance(v, float) for v in node["signals"].values())
         assert isinstance(node["reason"], str) and node["reason"]
     keys = [(not n["feasible"], -n["score"]) for n in doc["nodes"]]

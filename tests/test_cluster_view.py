@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,13 +34,29 @@ def view() -> ClusterView:
 def fresh(view: ClusterView, pod: dict) -> dict[str, tuple[bool, float]]:
     """What a from-scratch evaluation says, to compare the cached answers with."""
     request = Decider(view).request(pod)
-    decisions = policy.evaluate(view.nodes(), request, view.samples, view.now(), CONFIG)
+    decisions = policy.evaluate(view.nodes(), request, view.samples, view.now(), CONFIG, view.target.workload)
     return {d.node: (d.feasible, d.total) for d in decisions}
 
 
 def cached(decider: Decider, view: ClusterView, pod: dict) -> dict[str, tuple[bool, float]]:
     decision = decider.decide(pod, [n.name for n in view.nodes()])
     return {name: (d.feasible, d.total) for name, d in decision.breakdowns.items()}
+
+
+@contextlib.contextmanager
+def rescoring_held() -> Iterator[threading.Event]:
+    """The background thread's scoring waits until the yielded event is set."""
+    release = threading.Event()
+    scoring = policy.score_node
+
+    def slow(*args, **kwargs):
+        if threading.current_thread().name == "rescore":
+            release.wait(10)
+        return scoring(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(policy, "score_node", slow)
+        yield release
 
 
 def bound_pod(name: str, node: str, gpus: int, plan: dict | None = None) -> dict:
@@ -80,16 +99,7 @@ def test_new_samples_are_scored_in_the_background_while_bound_devices_count_at_o
     decider = Decider(view, background=True)
     before = cached(decider, view, TP4)
     assert before == fresh(view, TP4)
-    release = threading.Event()
-    scoring = policy.score_node
-
-    def slow(*args, **kwargs):
-        if threading.current_thread().name == "rescore":
-            release.wait(10)
-        return scoring(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(policy, "score_node", slow)
+    with rescoring_held() as release:
         hot = {gpu.uuid: GpuSample(0.97, 70000, 10000, view.now()) for gpu in view.node("h100-inf-02").gpus}
         view.set_samples({**view.samples, **hot})
         waiting = cached(decider, view, TP4)
@@ -101,8 +111,56 @@ def test_new_samples_are_scored_in_the_background_while_bound_devices_count_at_o
         assert decider.settled()
     after = cached(decider, view, TP4)
     assert after == fresh(view, TP4)
-    assert after["h100-inf-02"][1] < before["h100-inf-02"][1]  # the hot node lost points
+    hot_node = decider.decide(TP4, ["h100-inf-02"]).breakdowns["h100-inf-02"]
+    assert hot_node.signals["utilization"].score < 0.1  # the hot node's new samples are scored
     assert after["a100-nv4-01"][0] is False
+
+
+def test_the_background_thread_finds_new_samples_without_waiting_for_a_request(view):
+    """No request in between: the thread finds the shape outdated by itself, so the first request
+    after new samples already answers from them."""
+    decider = Decider(view, background=True)
+    cached(decider, view, TP4)
+    assert decider.outdated() == 0
+    hot = {gpu.uuid: GpuSample(0.97, 70000, 10000, view.now()) for gpu in view.node("h100-inf-02").gpus}
+    view.set_samples({**view.samples, **hot})
+    deadline = time.monotonic() + 10
+    while decider.outdated() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert decider.outdated() == 0
+    hot_node = decider.decide(TP4, ["h100-inf-02"]).breakdowns["h100-inf-02"]
+    assert hot_node.signals["utilization"].score < 0.1
+
+
+def pending_pod(name: str, gpus: int) -> dict:
+    pod = bound_pod(name, "", gpus)
+    del pod["spec"]["nodeName"]
+    pod["status"]["phase"] = "Pending"
+    return pod
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_new_target_workload_rescores_every_node(view, background):
+    """Pending pods rebuild no node, but four 8-GPU ones change the target workload: the next
+    revision makes the Decider score every node again (in the server, in the background, the
+    previous answers serving meanwhile); a 1-GPU pod then keeps off the idle 8-GPU node."""
+    finetune = snapshot.read_document(EXAMPLES / "pods" / "finetune-1gpu-batch.yaml")
+    decider = Decider(view, background=background)
+    before = cached(decider, view, finetune)
+    assert before == fresh(view, finetune)
+    revision, seq = view.target.revision, view.changes_since(0)[0]
+    with rescoring_held() as release:
+        for i in range(4):
+            view.upsert_pod(pending_pod(f"pretrain-{i}", 8))
+        assert view.target.revision > revision
+        assert view.changes_since(seq)[1] == []  # no node rebuilt to go by
+        if background:
+            assert cached(decider, view, finetune) == before  # until the swap
+        release.set()
+        assert decider.settled()
+    after = cached(decider, view, finetune)
+    assert after == fresh(view, finetune) != before
+    assert after["h100-train-01"][1] < before["h100-train-01"][1]  # it would take an 8-GPU pod's room
 
 
 def test_assumed_plans_hold_devices_until_the_pod_is_seen_or_forgotten(view):

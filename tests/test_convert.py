@@ -10,6 +10,7 @@ import pytest
 from extender import annotations as ann
 from extender import convert
 from scoring.config import PolicyConfig
+from scoring.fragmentation import Shape
 from scoring.model import GpuShare, MigSlot, MigStrategy, Plan, WorkloadClass
 from scoring.sharing import SharingArgs
 
@@ -217,3 +218,28 @@ def test_slim_objects_keep_what_shares_need():
     assert kept["status"]["allocatable"] == {SHARE: "8000"}
     assert convert.asks_for_gpus(pod(limits={SHARE: "10"}), SHARE)
     assert not convert.asks_for_gpus(pod(limits={SHARE: "10"}), "example.com/vgpu")
+
+
+def test_pod_shapes_for_the_target_workload():
+    h100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert convert.shape(pod(limits={"nvidia.com/gpu": "2"}), SHARE) == Shape(2, 1000)
+    assert convert.shape(pod(limits={SHARE: "300"}, phase="Pending"), SHARE) == Shape(1, 300)
+    assert convert.shape(pod(limits={"nvidia.com/gpu": "1"}, nodeSelector=h100), SHARE) == Shape(
+        1, 1000, models=frozenset({"NVIDIA-H100-80GB-HBM3"}))
+    # A slimmed pod keeps the product it selects, and nothing else of its nodeSelector.
+    slim = convert.slim_pod(pod(limits={SHARE: "500"}, nodeSelector={**h100, "zone": "a"}))
+    assert slim["spec"]["nodeSelector"] == h100
+    assert convert.shape(slim, SHARE) == Shape(1, 500, models=frozenset({"NVIDIA-H100-80GB-HBM3"}))
+
+
+@pytest.mark.parametrize("obj", [
+    pod(limits={"nvidia.com/mig-1g.10gb": "1"}),  # MIG only
+    pod(limits={"nvidia.com/gpu": "1"}, phase="Succeeded"),  # finished
+    pod(limits={"nvidia.com/gpu": "1"}, nodeSelector={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb"}),
+    pod(limits={SHARE: "1000"}),  # no share
+    pod(limits={SHARE: "300", "nvidia.com/gpu": "1"}),  # no share
+    pod(limits={"nvidia.com/gpu": "lots"}),  # unreadable
+    pod(limits={"cpu": "4"}),  # no GPU
+])
+def test_pods_in_no_shape(obj):
+    assert convert.shape(obj, SHARE) is None

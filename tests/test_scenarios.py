@@ -35,7 +35,8 @@ class Decisions(dict[str, ScoreBreakdown]):
 def decide(pod_file: str, cluster: ClusterView | None = None) -> Decisions:
     cluster = cluster or view()
     request = convert.pod_request(snapshot.read_document(EXAMPLES / "pods" / pod_file), CONFIG)
-    return Decisions(policy.evaluate(cluster.nodes(), request, cluster.samples, cluster.now(), CONFIG))
+    return Decisions(policy.evaluate(cluster.nodes(), request, cluster.samples, cluster.now(), CONFIG,
+                                     cluster.target.workload))
 
 
 TP4 = "llama70b-tp4-latency-critical.yaml"
@@ -65,17 +66,21 @@ def test_latency_critical_pod_prefers_node_with_its_model_cached():
     assert d.order[0] == "h100-inf-01"
 
 
-def test_batch_pod_prefers_most_allocated_feasible_node():
+def test_batch_pod_goes_where_it_costs_the_workload_least_then_packs():
+    """The example's pods are mostly 1-GPU ones, some 2-GPU: a 1-GPU pod costs least on
+    t4-legacy-01, whose last free GPU no 2-GPU pod could use; nodes where it costs the same are
+    ranked by packing."""
     cluster = view()
     d = decide("finetune-1gpu-batch.yaml", cluster)
     nodes = {n.name: n for n in cluster.nodes()}
     feasible = [name for name in d.order if d[name].feasible]
-    allocated_now = {name: policy.held_units(nodes[name]) / policy.capacity_units(nodes[name]) for name in feasible}
-    assert feasible[0] == max(allocated_now, key=allocated_now.get)
     assert feasible[0] == "t4-legacy-01"  # 3 of its 4 GPUs are taken
-    # Packing all the way down: ranks never put a less-allocated node above a more-allocated one.
-    after = [(policy.held_units(nodes[n]) + 1) / policy.capacity_units(nodes[n]) for n in feasible]
-    assert after == sorted(after, reverse=True)
+    fragmentation = {name: round(d[name].signals["fragmentation"].score, 9) for name in feasible}
+    assert list(fragmentation.values()) == sorted(fragmentation.values(), reverse=True)
+    after = {n: (policy.held_units(nodes[n]) + 1) / policy.capacity_units(nodes[n]) for n in feasible}
+    for better, worse in zip(feasible, feasible[1:]):
+        if fragmentation[better] == fragmentation[worse]:
+            assert after[better] >= after[worse]
 
 
 def test_latency_critical_pod_avoids_hot_gpus_when_an_equal_cool_node_exists():

@@ -145,6 +145,7 @@ def test_a_hot_gpu_steers_a_latency_critical_pod_away_until_its_data_turns_stale
     freeze()  # gpu-hot's exporter keeps answering, with figures that no longer move on
     wait_until(lambda: metric(extender, "gpu_extender_dcgm_fresh_gpus") == 8, "gpu-hot's data to age past the TTL",
                seconds=TTL + 15)
+    wait_until(lambda: metric(extender, "gpu_extender_outdated_shapes") == 0, "the decisions to be rescored")
     plane.pod(latency_critical_pod("chat-1"))
     second = wait_bound(plane.core, "chat-1", "inference")
     # Stale means neutral (0.5), better than gpu-warm's fresh 70 %: the pod goes to gpu-hot. Were the

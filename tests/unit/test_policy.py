@@ -252,6 +252,34 @@ def test_fragmentation_outweighs_packing_for_batch_pods():
     assert [d.node for d in policy.evaluate(nodes, request(BATCH, gpus=1), {}, NOW, CONFIG)][0] == "packed"
 
 
+def test_a_node_the_fragmentation_signal_cannot_measure_counts_twice_the_request():
+    """On a MIG single-strategy node a whole-GPU pod takes MIG instances, which the signal does
+    not measure: left out there, the heaviest weight would be left out and the node would win."""
+    workload = fragmentation.target_workload({fragmentation.Shape(1, 1000): 1})
+    single = GpuNode("single", allocatable={GPU_RESOURCE: 7}, product="NVIDIA-A100-SXM4-80GB",
+                     mig_strategy=MigStrategy.SINGLE, single_mig_profile="1g.10gb")
+    nodes = [single, plain_node("whole", held=4)]
+    d = {b.node: b for b in policy.evaluate(nodes, request(BATCH), {}, NOW, CONFIG, workload)}
+    measured, counted = d["whole"].signals["fragmentation"], d["single"].signals["fragmentation"]
+    assert measured.score == pytest.approx(1 / 3)  # loss: 1 GPU of usable capacity + the request
+    assert counted.applicable and counted.score == pytest.approx(1 / 3)  # 2 r_q
+    assert "no whole GPUs to fragment" in counted.reason
+    assert not decide(nodes, request(BATCH))["single"].signals["fragmentation"].applicable
+    assert not policy.evaluate(nodes, request(BATCH, gpus=0, mig={"1g.10gb": 1}), {}, NOW, CONFIG,
+                               workload)[0].signals["fragmentation"].applicable
+
+
+def test_a_share_goes_on_the_lowest_index_gpu_of_those_with_the_free_milli_fragmentation_plans():
+    workload = fragmentation.target_workload({fragmentation.Shape(1, 1000): 3, fragmentation.Shape(1, 300): 1})
+    shares = {GPU_RESOURCE: 4, "gpu-extender.io/gpu-milli": 4000}
+    fresh = GpuNode("fresh", allocatable=shares, gpu_count=4)
+    used = GpuNode("used", allocatable=shares, gpu_count=4, usage=Usage(shared={2: 700}))
+    share = PodRequest("ns", "pod", BATCH, gpu_milli=300)
+    d = {b.node: b for b in policy.evaluate([fresh, used], share, {}, NOW, CONFIG, workload)}
+    assert d["fresh"].plan.share.gpu == 0  # four equal GPUs: the same loss on each
+    assert d["used"].plan.share.gpu == 2  # fills GPU 2 exactly, costing no whole GPU
+
+
 def test_signals_that_do_not_apply_leave_the_total_unchanged():
     # A pod naming no model: the locality weight must not matter.
     nodes = [plain_node("a", held=1), plain_node("b", held=4)]
