@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import orjson
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -52,6 +53,9 @@ def main() -> None:
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+HEADERS = {"topology": "nvlink", "sharing": "share", "locality": "cache", "utilization": "util",
+           "fragmentation": "frag"}  # the table's short names for the signals
+TABLE_WIDTH = 120
 
 
 @app.command()
@@ -182,13 +186,18 @@ def score(
         sys.stdout.write(orjson.dumps(report(request, decisions, nodes), option=orjson.OPT_INDENT_2).decode())
         sys.stdout.write("\n")
     else:
-        _render(Console(), request, decisions)
+        console = Console()
+        if not console.is_terminal:  # piped: wide enough for every column, not rich's 80
+            console.width = max(console.width, TABLE_WIDTH)
+        _render(console, request, decisions)
 
 
 def _render(console: Console, request: PodRequest, decisions: list[ScoreBreakdown]) -> None:
-    table = Table(title=f"{request.key} ({request.workload_class.value})", title_justify="left")
+    table = Table(title=f"{request.key} ({request.workload_class.value})", title_justify="left",
+                  box=box.SIMPLE_HEAD)
     for column in ("node", "fit", "score", *SIGNALS, "plan"):
-        table.add_column(column, justify="right" if column == "score" else "left", no_wrap=column == "node")
+        table.add_column(HEADERS.get(column, column), justify="right" if column == "score" else "left",
+                         no_wrap=column != "plan")
     for d in decisions:
         cells = []
         for name in SIGNALS:
