@@ -68,6 +68,12 @@ class _ShapeCache:
     until: float = float("inf")
     answers: Answers = Answers.empty()
 
+    def outdated(self, samples_revision: int, target: Target, now: float) -> bool:
+        """Whether every node must be scored again: newer samples or target workload, or a sample
+        aged past the TTL."""
+        return (self.samples_revision != samples_revision or self.target.revision != target.revision
+                or now >= self.until)
+
 
 class Decider:
     """With `background`, a shape whose every node must be scored again (new DCGM samples, a sample
@@ -139,8 +145,7 @@ class Decider:
         cache = self._shape(shape, request)
         seq, changed = view.changes_since(cache.seq)
         answers = cache.answers
-        everything = (cache.samples_revision != view.samples_revision or cache.target.revision != target.revision
-                      or cache.spread != spread or now >= cache.until)
+        everything = cache.outdated(view.samples_revision, target, now) or cache.spread != spread
         if changed is None or (everything and not (self._background and answers.records)):
             answers, changed, cache.until = Answers.empty(), [], float("inf")
             cache.samples_revision, cache.target, cache.spread = view.samples_revision, target, spread
@@ -185,7 +190,7 @@ class Decider:
                 self._busy = False
                 self._wake.notify_all()
                 while not self._due:
-                    self._queue_outdated()
+                    self._due.update(dict.fromkeys(self._outdated()))
                     if not self._due:
                         self._wake.wait(POLL_SECONDS)
                 shape = next(iter(self._due))
@@ -212,17 +217,11 @@ class Decider:
                 self._shapes[shape] = fresh
 
     def _outdated(self) -> list[tuple]:
-        """The shapes whose answers are older than the samples or the target workload, or hold a
-        sample aged past the TTL. Called with the lock held."""
+        """The shapes with answers that are outdated (`_ShapeCache.outdated`). Called with the lock held."""
         view = self.view
         now, revision, target = view.now(), view.samples_revision, view.target
         return [shape for shape, cache in self._shapes.items()
-                if cache.answers.records and (cache.samples_revision != revision or now >= cache.until
-                                              or cache.target.revision != target.revision)]
-
-    def _queue_outdated(self) -> None:
-        for shape in self._outdated():
-            self._due[shape] = None
+                if cache.answers.records and cache.outdated(revision, target, now)]
 
     def outdated(self) -> int:
         """Shapes answering from outdated samples or target workload, or being rescored."""

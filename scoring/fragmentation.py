@@ -34,8 +34,13 @@ On a `GpuNode`, f_i counts the node's non-MIG GPUs: 1000 less the shares planned
 a plan holds it whole; whole GPUs held by pods without a plan are taken from the free ones, last
 index first (shares without a plan are on no known GPU: the sharing signal guards them). c(n)
 is `cpu_free_milli` (the extender leaves it unknown), c_m and the pod's CPU its `cpu_milli`.
-The signal does not apply without a target workload, to MIG requests (MIG has its own fit) or
-on nodes whose GPUs are all MIG.
+The signal does not apply without a target workload or to MIG requests (MIG has its own fit).
+Where it cannot measure the node (no GPU to share or take whole, as on a MIG single-strategy
+node, whose `nvidia.com/gpu` are MIG instances; or the pod does not fit the free milli) it counts
+
+    loss = 2 r_q        (all the pod takes is capacity the workload could use, plus the r_q term)
+
+since, left out, the signal's weight would be left out too and such nodes would win.
 """
 
 from __future__ import annotations
@@ -161,11 +166,6 @@ def usable(workload: Workload, model: str, cpu_milli: int | None, free: tuple[in
     return _measures(workload, model, cpu_milli, tuple(sorted(free, reverse=True)))[0]
 
 
-def measure(workload: Workload, model: str, cpu_milli: int | None, free: tuple[int, ...]) -> float:
-    """F(n): free milli on the node that no shape of the workload could use."""
-    return sum(free) - usable(workload, model, cpu_milli, free)
-
-
 def stranded(workload: Workload, model: str, cpu_milli: int | None, free: tuple[int, ...]) -> float:
     """S(n): FGD's fragmentation, free milli on GPUs too small for a shape that fits, all free
     milli for one that does not."""
@@ -252,15 +252,21 @@ def evaluate(node: GpuNode, request: PodRequest, workload: Workload | None) -> S
         return SignalResult.not_applicable("MIG request")
     indices, free = node_free(node)
     if not indices:
-        return SignalResult.not_applicable("no whole GPUs to fragment")
+        return _unmeasured(request, "no whole GPUs to fragment")
     gpus, milli = (1, request.gpu_milli) if request.gpu_milli else (request.gpus, MILLI)
     placed = place(workload, node.product, node.cpu_free_milli, free, gpus, milli,
                    request.cpu_milli)
     if placed is None:
-        return SignalResult.not_applicable("does not fit the free GPU milli")
+        return _unmeasured(request, "does not fit the free GPU milli")
     plan = Plan(share=GpuShare(indices[placed.gpus[0]], milli)) if request.gpu_milli else Plan()
     reason = f"takes {placed.loss / MILLI:.2f} GPU of what the workload could use here"
     return SignalResult(True, score(placed.loss), reason, plan)
+
+
+def _unmeasured(request: PodRequest, why: str) -> SignalResult:
+    """loss = 2 r_q on a node the signal cannot measure (see the module docstring)."""
+    loss = 2 * (request.gpus * MILLI + request.gpu_milli)
+    return SignalResult(True, score(loss), f"{why}: counted as taking {loss / MILLI:.2f} GPU of what the workload could use")
 
 
 def node_free(node: GpuNode) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -12,15 +12,10 @@ Per node, with w the class's weights and A the signals that apply to the pod:
 
 The signals include fragmentation (`scoring/fragmentation.py`) when the caller passes a target
 workload (the shapes of the cluster's GPU pods): its weight is large for both classes, so the
-node that shuts the least of the workload out wins and the other signals decide among nodes
-within a few thousandths of a GPU of it. On a node where it applies to the pod (whole GPUs or a
-share) but cannot measure it (a MIG single-strategy node, whose `nvidia.com/gpu` are MIG
-instances), the pod's r_q milli are counted as
-
-    loss = 2 r_q        (all it takes is capacity the workload could use, plus the r_q term)
-
-since, left out, the signal's weight would be left out too and such nodes would win. A share goes on
-the GPU the fragmentation signal plans (the least loss, then the fullest, then the lowest index).
+node that shuts the least of the workload out wins and the other signals mostly break
+near-ties (a node it cannot measure, such as a MIG single-strategy node, counts as loss = 2 r_q:
+see its docstring). A share goes on the GPU the fragmentation signal plans (the least loss, then
+the fullest, then the lowest index).
 
 Latency-critical pods are placed fragmentation-aware too (they are most pods in a serving
 cluster) and by default neither spread nor pack (their allocation weight is 0): what spreading
@@ -114,7 +109,7 @@ def score_node(
 ) -> ScoreBreakdown:
     if not node.allocatable and not node.gpus:
         return _rejected(node, {}, "node has no NVIDIA GPUs", "no NVIDIA GPUs", unresolvable=True)
-    frag = _fragmentation(node, request, workload)
+    frag = fragmentation.evaluate(node, request, workload)
     signals: dict[str, SignalResult] = {
         "mig": mig.evaluate(node, request),
         "topology": topology.evaluate(node, request, config.sharing),
@@ -233,17 +228,6 @@ def _by_profile(node: GpuNode, resources: Mapping[str, int]) -> dict[str, int]:
     if node.mig_strategy is MigStrategy.SINGLE:
         counts[node.single_mig_profile or ""] = resources.get(GPU_RESOURCE, 0)
     return counts
-
-
-def _fragmentation(node: GpuNode, request: PodRequest, workload: fragmentation.Workload | None) -> SignalResult:
-    """The fragmentation signal; loss = 2 r_q where it applies to the pod but cannot measure the
-    node (see the module docstring)."""
-    result = fragmentation.evaluate(node, request, workload)
-    if result.applicable or workload is None or not workload.shapes or any(request.mig.values()):
-        return result
-    loss = 2 * (request.gpus * MILLI_PER_GPU + request.gpu_milli)
-    reason = f"{result.reason}: counted as taking {loss / MILLI_PER_GPU:.2f} GPU of what the workload could use"
-    return SignalResult(True, fragmentation.score(loss), reason)
 
 
 def _share_choice(frag: SignalResult) -> sharing.GpuChoice:

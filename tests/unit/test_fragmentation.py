@@ -41,14 +41,14 @@ def test_fits_counts_share_slots_whole_sets_cpu_and_models():
 def test_measure_is_the_free_milli_no_shape_can_use():
     w = workload((HALF, 0.5), (EIGHT, 0.5))
     # 8 GPUs free: everything usable by both shapes
-    assert fr.measure(w, "G2", None, (1000,) * 8) == pytest.approx(0)
+    assert 8000 - fr.usable(w, "G2", None, (1000,) * 8) == pytest.approx(0)
     # 700 + 200 free: half-GPU pods use 500, the 8-GPU shape nothing
-    assert fr.measure(w, "G2", None, (700, 200)) == pytest.approx(900 - 0.5 * 500)
+    assert 900 - fr.usable(w, "G2", None, (700, 200)) == pytest.approx(900 - 0.5 * 500)
 
 
 def test_empty_workload_costs_only_the_request_everywhere_and_counts_all_free_milli():
     empty = workload()
-    assert fr.measure(empty, "T4", None, (1000, 300)) == 1300
+    assert 1300 - fr.usable(empty, "T4", None, (1000, 300)) == 1300
     assert fr.stranded(empty, "T4", None, (1000, 300)) == 0
     assert loss(empty, (1000, 300), 1, 200) == loss(empty, (1000, 1000, 1000), 1, 200) == 200
     assert fr.score(0) == 1.0
@@ -111,7 +111,7 @@ cpus = st.one_of(st.none(), st.integers(0, 64000))
 
 @given(workloads, frees, shapes, cpus)
 def test_loss_is_never_negative_and_the_measure_never_exceeds_the_free_milli(w, free, pod, cpu):
-    assert -1e-6 <= fr.measure(w, "T4", cpu, free) <= sum(free) + 1e-6  # sums of floats
+    assert -1e-6 <= sum(free) - fr.usable(w, "T4", cpu, free) <= sum(free) + 1e-6  # sums of floats
     assert -1e-6 <= fr.stranded(w, "T4", cpu, free) <= sum(free) + 1e-6
     placed = fr.place(w, "T4", cpu, free, pod.gpus, pod.milli, pod.cpu_milli)
     if placed is not None:
@@ -166,14 +166,15 @@ def test_signal_plans_the_share_and_scores_the_loss():
     assert whole.score == pytest.approx(fr.score(1000 + 1000)) and whole.plan.share is None
 
 
-def test_signal_does_not_apply_without_workload_to_mig_or_on_mig_nodes():
+def test_signal_does_not_apply_without_workload_or_to_mig_and_counts_2r_where_it_cannot_measure():
     node = GpuNode("n", allocatable={GPU_RESOURCE: 2}, gpu_count=2)
     w = workload((ONE, 1.0))
     assert not fr.evaluate(node, request(gpus=1), None).applicable
     assert not fr.evaluate(node, request(gpus=1), workload()).applicable
     assert not fr.evaluate(node, request(mig={"1g.10gb": 1}), w).applicable
     single = GpuNode("m", allocatable={GPU_RESOURCE: 7}, mig_strategy=MigStrategy.SINGLE)
-    assert not fr.evaluate(single, request(gpus=1), w).applicable
+    counted = fr.evaluate(single, request(gpus=1), w)
+    assert counted.applicable and counted.score == fr.score(2 * 1000)
 
 
 def test_target_workload_keeps_the_most_frequent_shapes_then_those_with_gpus():
