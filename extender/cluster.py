@@ -54,6 +54,7 @@ class ClusterView:
         self._pods_on: dict[str, dict[str, Obj]] = defaultdict(dict)
         self._assumed: dict[str, tuple[str, Obj]] = {}
         self._built: dict[str, tuple[GpuNode, float]] = {}  # name -> (node, agent data expiry)
+        self._bases: dict[str, tuple[GpuNode, float]] = {}  # name -> (node without pods, same expiry)
         self._next_expiry = float("inf")
         self._changes: list[str] = []  # names of rebuilt nodes, oldest first
         self._changes_base = 0  # sequence number of _changes[0]
@@ -116,6 +117,7 @@ class ClusterView:
     def _set_nodes(self, nodes: Iterable[Obj]) -> set[str]:
         old = set(self._raw_nodes)
         share = self.config.sharing.resource
+        self._bases.clear()
         self._raw_nodes = {(n.get("metadata") or {}).get("name", ""): convert.slim_node(n, share) for n in nodes}
         return old | set(self._raw_nodes)
 
@@ -136,11 +138,13 @@ class ClusterView:
         name = (node.get("metadata") or {}).get("name", "")
         with self._lock:
             self._raw_nodes[name] = convert.slim_node(node, self.config.sharing.resource)
+            self._bases.pop(name, None)
             self._rebuild(name)
 
     def remove_node(self, name: str) -> None:
         with self._lock:
             self._raw_nodes.pop(name, None)
+            self._bases.pop(name, None)
             self._rebuild(name)
 
     def upsert_pod(self, pod: Obj) -> None:
@@ -209,10 +213,10 @@ class ClusterView:
     def node_without(self, name: str, pod_keys: Iterable[str]) -> GpuNode | None:
         """The node as it would be with the given pods gone (for preemption)."""
         with self._lock:
-            raw = self._raw_nodes.get(name)
-            if raw is None:
+            if name not in self._raw_nodes:
                 return None
-            return convert.gpu_node(raw, self._holders(name, set(pod_keys)), self.now(), self.config)
+            base, _ = self._base(name, self.now())
+            return convert.with_usage(base, self._holders(name, set(pod_keys)), self.config.sharing.resource)
 
     def pod(self, key: str) -> Obj | None:
         return self._pods.get(key)
@@ -252,15 +256,10 @@ class ClusterView:
             drop = len(self._changes) // 2
             del self._changes[:drop]
             self._changes_base += drop
-        raw = self._raw_nodes.get(name)
-        if raw is None:
+        if name not in self._raw_nodes:
             return None
-        now = self.now()
-        node = convert.gpu_node(raw, self._holders(name, set()), now, self.config)
-        beat = convert.heartbeat(raw)
-        expires = beat + self.config.agent.max_age_seconds if beat and node.gpus else float("inf")
-        if expires <= now:
-            expires = float("inf")  # already degraded: nothing more to age out
+        base, expires = self._base(name, self.now())
+        node = convert.with_usage(base, self._holders(name, set()), self.config.sharing.resource)
         self._built[name] = (node, expires)
         self._next_expiry = min(self._next_expiry, expires)
         for model, size in node.model_cache.items():
@@ -269,6 +268,21 @@ class ClusterView:
         if node.allocatable or node.gpus:
             self._gpu_nodes.add(name)
         return node
+
+    def _base(self, name: str, now: float) -> tuple[GpuNode, float]:
+        """The node without its pods and when its agent data ages out, converted again only after
+        the node changed or that moment passed (a pod event changes the usage, not the node)."""
+        cached = self._bases.get(name)
+        if cached is not None and now < cached[1]:
+            return cached
+        raw = self._raw_nodes[name]
+        base = convert.node_base(raw, now, self.config)
+        beat = convert.heartbeat(raw)
+        expires = beat + self.config.agent.max_age_seconds if beat and base.gpus else float("inf")
+        if expires <= now:
+            expires = float("inf")  # already degraded: nothing more to age out
+        self._bases[name] = (base, expires)
+        return base, expires
 
     def _holders(self, name: str, excluded: set[str]) -> list[Obj]:
         """Pods bound to the node plus plans assumed onto it, less `excluded` keys."""

@@ -262,6 +262,13 @@ def gpu_node(
     node: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], as_of: float, config: PolicyConfig
 ) -> GpuNode:
     """A node and the pods bound to it, as the scorer sees them at time `as_of`."""
+    return with_usage(node_base(node, as_of, config), pods, config.sharing.resource)
+
+
+def node_base(node: Mapping[str, Any], as_of: float, config: PolicyConfig) -> GpuNode:
+    """A node without its pods at time `as_of`: what it has, from its labels, allocatable and
+    agent annotations. It depends on the time only through the agent data's age, so it holds
+    until the node changes or its heartbeat grows older than agent.maxAgeSeconds."""
     meta = node.get("metadata") or {}
     name = meta.get("name") or ""
     labels = meta.get("labels") or {}
@@ -289,7 +296,7 @@ def gpu_node(
         gpu_count = int(labels.get(GFD_COUNT, "0"))
     except ValueError:
         gpu_count = 0
-    node_model = GpuNode(
+    return GpuNode(
         name=name,
         allocatable=allocatable,
         product=base_product,
@@ -304,7 +311,6 @@ def gpu_node(
         labels=dict(labels),
         notes=tuple(notes),
     )
-    return _with_usage(node_model, pods, share)
 
 
 _Agent = tuple[
@@ -370,7 +376,8 @@ def _topology(data: Mapping[str, Any]) -> tuple[tuple[Gpu, ...], Matrix, Matrix]
     return gpus, matrices[0], matrices[1]
 
 
-def _with_usage(node: GpuNode, pods: Iterable[Mapping[str, Any]], share_resource: str) -> GpuNode:
+def with_usage(node: GpuNode, pods: Iterable[Mapping[str, Any]], share_resource: str) -> GpuNode:
+    """`node` (a `node_base`) with what `pods`, bound or assumed onto it, hold."""
     held_gpus: set[int] = set()
     held_mig: set[MigSlot] = set()
     shared: Counter[int] = Counter()

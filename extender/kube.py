@@ -17,6 +17,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +39,7 @@ LIST_PAGE = 500
 EVENTS_QUEUED = 10_000
 CONNECTIONS = 64
 MAX_BACKOFF = 30.0
+CREDENTIALS_CHECK_SECONDS = 10.0
 
 
 def api_client(kubeconfig: Path | None) -> client.ApiClient:
@@ -50,7 +52,30 @@ def api_client(kubeconfig: Path | None) -> client.ApiClient:
     else:
         config.load_incluster_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = CONNECTIONS
+    if configuration.refresh_api_key_hook is not None:
+        configuration.refresh_api_key_hook = _at_most_every(CREDENTIALS_CHECK_SECONDS, configuration.refresh_api_key_hook)
     return client.ApiClient(configuration)
+
+
+def _at_most_every(seconds: float, refresh: Callable[[client.Configuration], None]
+                   ) -> Callable[[client.Configuration], None]:
+    """The client runs its credential hook before every request. The hook re-applies the whole
+    kubeconfig, and setting the server address re-reads the proxy settings from every environment
+    variable (in a pod, a few for each Service of the namespace): most of the client's CPU per
+    bind. The loaders renew a token minutes before it expires (kubeconfig) or re-read the
+    service-account token each minute (in cluster), so checking every `seconds` is as safe. The
+    library's hook installs itself again each time it runs: this one takes its place back."""
+    due = 0.0
+
+    def hook(configuration: client.Configuration) -> None:
+        nonlocal due
+        now = time.monotonic()
+        if now >= due:
+            due = now + seconds
+            refresh(configuration)
+            configuration.refresh_api_key_hook = hook
+
+    return hook
 
 
 class Watcher:

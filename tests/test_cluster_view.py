@@ -181,13 +181,19 @@ def test_assumed_plans_hold_devices_until_the_pod_is_seen_or_forgotten(view):
     assert node.usage.gpus == frozenset({0, 1, 2, 3}) and not node.usage.unplanned
 
 
-def test_agent_data_ages_out_without_any_event():
-    now = [0.0]
+def clocked_view() -> tuple[ClusterView, list[float], float, list[dict], list[dict]]:
+    """The example cluster on a clock the test moves (`now[0]`), set to its newest heartbeat; with
+    that heartbeat and the nodes and pods it was made of."""
     nodes, pods = snapshot.load_snapshot(EXAMPLES / "cluster.yaml")
     beat = max(t for n in nodes if (t := convert.heartbeat(n)))
-    now[0] = beat
+    now = [beat]
     view = ClusterView(CONFIG, clock=lambda: now[0])
     view.replace_all(nodes, pods)
+    return view, now, beat, nodes, pods
+
+
+def test_agent_data_ages_out_without_any_event():
+    view, now, beat, _, _ = clocked_view()
     decider = Decider(view)
     assert view.node("a100-nv4-01").gpus
     assert cached(decider, view, TP4)["a100-nv4-01"][1] > 0
@@ -195,6 +201,27 @@ def test_agent_data_ages_out_without_any_event():
     decision = decider.decide(TP4, ["a100-nv4-01"])
     assert not view.node("a100-nv4-01").gpus  # degraded to allocatable
     assert "no topology data" in decision.breakdowns["a100-nv4-01"].signals["topology"].reason
+
+
+def test_nodes_equal_a_fresh_conversion_through_pod_events_and_aging():
+    """The view converts a node's labels and agent annotations once and reuses them for pod events;
+    what it holds stays what converting node and pods again gives, also once the agent data has
+    aged out between two pod events."""
+    view, now, beat, nodes, pods = clocked_view()
+
+    def converted(name: str):
+        node = next(n for n in nodes if n["metadata"]["name"] == name)
+        on = [p for p in pods if (p.get("spec") or {}).get("nodeName") == name and convert.holds_resources(p)]
+        return convert.gpu_node(node, on, now[0], CONFIG)
+
+    for i, when in enumerate((beat, beat + 1, beat + CONFIG.agent.max_age_seconds + 60)):
+        now[0] = when
+        pod = bound_pod(f"p{i}", "a100-nv4-01", 1, {"gpus": [i]})
+        pods.append(pod)
+        view.upsert_pod(pod)
+        assert view.node("a100-nv4-01") == converted("a100-nv4-01")
+        assert view.node("a100-nv4-01").usage.gpus == frozenset(range(i + 1))
+    assert not view.node("a100-nv4-01").gpus  # the last event came after the agent data aged out
 
 
 def test_shapes_beyond_the_memory_budget_are_dropped_least_recent_first(view, monkeypatch):
