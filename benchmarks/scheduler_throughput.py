@@ -8,6 +8,10 @@ one-GPU batch pods, created while no scheduler runs and then scheduled by:
 
 * `plain`: kube-scheduler with the shipped configuration less the extender (profile
   `plain-scheduler`; in-tree NodeResourcesFit counts nvidia.com/gpu, DefaultBinder binds);
+* `null-extender`: the shipped configuration calling benchmarks/null_extender (Go, built with the
+  machine's Go into the cache) for filter and prioritize, which passes every node and scores each
+  10; DefaultBinder binds. What any HTTP extender costs kube-scheduler, before the extender's own
+  work: the floor under `gpu-scheduler`.
 * `gpu-scheduler`: the shipped configuration, the extender (live mode, its own service account)
   filtering, prioritizing and binding every pod.
 
@@ -15,14 +19,17 @@ one-GPU batch pods, created while no scheduler runs and then scheduled by:
 configuration's default (50) applies, which caps the plain run's bindings.
 
 Pods/s is PODS over the time from the scheduler's start to the last pod bound (start-up, about a
-second, included in both; bound pods are counted from a watch). Prints both, their ratio, the CPU
-seconds etcd, kube-apiserver, kube-scheduler and the extender used in each run, and writes them
-with the machine and date to benchmarks/results/scheduler_throughput.json.
+second, included in each; bound pods are counted from a watch). Prints all three, the ratios to
+`plain`, the CPU seconds etcd, kube-apiserver, kube-scheduler and the extender used in each run,
+and writes them with the machine and date to benchmarks/results/scheduler_throughput.json. Only
+`gpu-scheduler` holds the leader-election lease (the others run without election): a second
+scheduler taking over a killed one's lease would wait out its duration.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -34,6 +41,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import httpx
 import orjson
 from kubernetes.watch.watch import iter_resp_lines
 from prometheus_client.parser import text_string_to_metric_families
@@ -42,7 +50,8 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from tests.e2e.conftest import ControlPlane, Extender, Scheduler, nvlink_node  # noqa: E402
+from tests.e2e.conftest import ControlPlane, Extender, Scheduler, free_port, nvlink_node  # noqa: E402
+from tests.waiting import wait_for  # noqa: E402
 from webhook_latency import machine  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scheduler_throughput.json"
@@ -81,6 +90,18 @@ class BoundCounter:
                 version = pod["metadata"]["resourceVersion"]
                 if event["type"] != "BOOKMARK" and pod["spec"].get("nodeName"):
                     self.bound.add(pod["metadata"]["name"])
+
+
+def null_extender() -> Path:
+    """benchmarks/null_extender built with the machine's Go into the cache (GPU_EXTENDER_CACHE, as
+    the control plane), keyed by its source; built again only when that changes."""
+    source = ROOT / "benchmarks" / "null_extender"
+    key = hashlib.sha256(b"".join((source / name).read_bytes() for name in ("go.mod", "main.go"))).hexdigest()[:16]
+    cache = os.environ.get("GPU_EXTENDER_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpu-extender"
+    exe = Path(cache) / f"null-extender-{key}"
+    if not exe.exists():
+        subprocess.run(["go", "build", "-o", str(exe), "."], cwd=source, check=True)
+    return exe
 
 
 def cpu_seconds(procs: dict[str, subprocess.Popen]) -> dict[str, float]:
@@ -141,6 +162,18 @@ def _without_extender(config: dict) -> None:
     config["leaderElection"]["leaderElect"] = False  # alone, and RBAC allows only the gpu-scheduler lease
 
 
+def _null_extender(config: dict) -> None:
+    for verb in ("bindVerb", "preemptVerb"):
+        del config["extenders"][0][verb]
+    config["leaderElection"]["leaderElect"] = False
+
+
+def clear(plane: ControlPlane) -> None:
+    plane.core.delete_collection_namespaced_pod(NAMESPACE, grace_period_seconds=0)
+    while plane.core.list_namespaced_pod(NAMESPACE, limit=1).items:
+        time.sleep(0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000)
@@ -160,10 +193,24 @@ def main() -> None:
         plain_s, scheduler, plain_cpu = timed(plane, args.pods, lambda: Scheduler(
             plane, 0, work / "plain-scheduler.log", edit=with_qps(args.qps, _without_extender)), procs)
         scheduler.kill()
-        plane.core.delete_collection_namespaced_pod(NAMESPACE, grace_period_seconds=0)
-        while plane.core.list_namespaced_pod(NAMESPACE, limit=1).items:
-            time.sleep(0.5)
+        clear(plane)
         print(f"plain: {args.pods} pods in {plain_s:.1f} s; CPU seconds: {plain_cpu}", flush=True)
+
+        port = free_port()
+        null_log = work / "null-extender-server.log"
+        null = subprocess.Popen([str(null_extender()), f"127.0.0.1:{port}"], stdout=null_log.open("w"),
+                                stderr=subprocess.STDOUT)
+        wait_for(lambda: httpx.post(f"http://127.0.0.1:{port}/filter", content=b"{}").status_code == 200,
+                 "null-extender did not start", null, null_log)
+        pods(plane, args.pods, "gpu-scheduler")
+        null_s, scheduler, null_cpu = timed(plane, args.pods, lambda: Scheduler(
+            plane, port, work / "null-extender.log", edit=with_qps(args.qps, _null_extender)),
+            procs | {"null-extender": null})
+        scheduler.kill()
+        null.kill()
+        null.wait()
+        clear(plane)
+        print(f"null-extender: {args.pods} pods in {null_s:.1f} s; CPU seconds: {null_cpu}", flush=True)
 
         extender = Extender(plane, work / "extender.log")
         pods(plane, args.pods, "gpu-scheduler")
@@ -181,10 +228,13 @@ def main() -> None:
         "nodes": args.nodes, "pods": args.pods, "qps": args.qps or 50,
         "plain_pods_per_s": round(args.pods / plain_s, 1), "extender_pods_per_s": round(args.pods / gpu_s, 1),
         "ratio": round(plain_s / gpu_s, 3),
+        "null_extender_pods_per_s": round(args.pods / null_s, 1), "null_extender_ratio": round(plain_s / null_s, 3),
         "extender_seconds_by_verb": {verb: round(total, 2) for verb, total in server_s.items()},
-        "cpu_seconds": {"plain": plain_cpu, "gpu-scheduler": gpu_cpu},
+        "cpu_seconds": {"plain": plain_cpu, "null-extender": null_cpu, "gpu-scheduler": gpu_cpu},
     }
     print(json.dumps(row))
+    print(f"pods/s: plain {row['plain_pods_per_s']}, null-extender {row['null_extender_pods_per_s']} "
+          f"(ratio {row['null_extender_ratio']}), gpu-extender {row['extender_pods_per_s']} (ratio {row['ratio']})")
     row |= {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
             "kubernetes": KUBERNETES.search((ROOT / "tests" / "e2e" / "go.mod").read_text())[1]}
     same = ("nodes", "pods", "qps")

@@ -1,0 +1,3 @@
+module gpu-extender/benchmarks/null_extender
+
+go 1.22
