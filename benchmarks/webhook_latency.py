@@ -5,12 +5,14 @@
 For each cluster size it builds a synthetic cluster (benchmarks/synthetic.py: the example's node
 shapes, 10 pods per node), starts the server pinned to CPU 0 (the client runs on the other CPUs),
 and sends filter then prioritize for the example pods in turn with every node as a candidate
-(nodeCacheCapable true). The first request of each pod shape is reported apart ("cold": every
-node scored); later ones reuse per-node results until a node changes ("warm"). Prints p50/p99 of
-filter, prioritize and filter+prioritize as the client sees them (request encoding and response
-decoding included), filter+prioritize inside the server (its Server-Timing header), requests per
-second and the server's RSS, and writes
-them with the machine and date to benchmarks/results/webhook_latency.json.
+(nodeCacheCapable true); prioritize gets the nodes filter passed, as from kube-scheduler. Each
+size runs twice, the server passing the best nodes only (`serve --best-only`, the default) and
+every node that fits (`--all-feasible`). The first request of each pod shape is reported apart
+("cold": every node scored); later ones reuse per-node results until a node changes ("warm").
+Prints p50/p99 of filter, prioritize and filter+prioritize as the client sees them (request
+encoding and response decoding included), filter+prioritize inside the server (its Server-Timing
+header), requests per second and the server's RSS, and writes them with the machine and date to
+benchmarks/results/webhook_latency.json.
 """
 
 from __future__ import annotations
@@ -65,14 +67,15 @@ class FilterPassed(msgspec.Struct):
     NodeNames: list[str]
 
 
-def run(n_nodes: int, requests: int, work: Path) -> dict:
+def run(n_nodes: int, requests: int, work: Path, all_feasible: bool) -> dict:
     cluster, metrics, names = synthetic.build(n_nodes, 10, work)
     pods = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "examples" / "pods").glob("*.yaml"))]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     exe = Path(sys.executable).with_name("gpu-extender")
-    cmd = [str(exe), "serve", "--cluster", str(cluster), "--port", str(port), "--log-level", "warning"]
+    cmd = [str(exe), "serve", "--cluster", str(cluster), "--port", str(port), "--log-level", "warning",
+           "--all-feasible" if all_feasible else "--best-only"]
     for dump in metrics:
         cmd += ["--metrics", str(dump)]
     started = time.monotonic()
@@ -133,7 +136,8 @@ def run(n_nodes: int, requests: int, work: Path) -> dict:
     server.wait(timeout=10)
     ms = lambda v: round(v * 1000, 2)  # noqa: E731
     return {
-        "nodes": n_nodes, "pods": n_nodes * 10, "requests": requests, "startup_s": round(load_s, 1),
+        "nodes": n_nodes, "pods": n_nodes * 10, "filter_passes": "all feasible" if all_feasible else "best only",
+        "requests": requests, "startup_s": round(load_s, 1),
         "filter_p50_ms": ms(statistics.median(filt)), "filter_p99_ms": ms(percentile(filt, 0.99)),
         "prioritize_p50_ms": ms(statistics.median(prio)), "prioritize_p99_ms": ms(percentile(prio, 0.99)),
         "filter_prioritize_p50_ms": ms(statistics.median(total)),
@@ -153,9 +157,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.nodes:
-            row = run(n, args.requests, Path(tmp) / str(n))
-            rows.append(row)
-            print(json.dumps(row))
+            for all_feasible in (False, True):
+                row = run(n, args.requests, Path(tmp) / f"{n}-{all_feasible}", all_feasible)
+                rows.append(row)
+                print(json.dumps(row))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "benchmark": "webhook_latency", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -17,6 +17,15 @@ Prioritize follows `policy.scheduler_score`: the integer is non-decreasing in th
 the feasible candidates sorted by total each integer 1..10 is one contiguous band, found by
 bisection. Candidates that are not feasible get 0.
 
+Best only (`best_only`, the default of `serve`): filter passes only the feasible candidates whose
+integer is 10 and prioritize gives each candidate it is sent 10 (0 if not feasible). The choice is
+the same as passing them all: kube-scheduler adds integer x weight x 10 to its plugins' scores,
+and with the shipped weight (200) one point (2,000) outweighs every in-tree score together (at
+most 1,600), so a node below 10 could never have won; among the 10s the in-tree plugins decide, as
+before. What changes is kube-scheduler's work: it scores a handful of nodes instead of all, and
+the prioritize request and answer carry a handful of names. Nodes left out are neither passed nor
+failed (kube-scheduler drops them); the band is empty only when no candidate is feasible.
+
 Candidate names are assumed distinct, as kube-scheduler sends them.
 """
 
@@ -77,7 +86,7 @@ class Answers:
     records: dict[str, NodeAnswer]
     ranked: list[Ranked]  # the feasible nodes, ascending
     rejected: int  # how many records are not feasible
-    _encoded: dict[str, bytes] = field(default_factory=dict, compare=False)  # whole-cluster answers
+    _encoded: dict[tuple[str, bool], bytes] = field(default_factory=dict, compare=False)  # whole-cluster answers
 
     @classmethod
     def empty(cls) -> Answers:
@@ -108,67 +117,93 @@ class Answers:
         """Whether candidates of which `feasible` are feasible include every scored node."""
         return feasible == len(self.ranked) and candidates - feasible == self.rejected
 
-    def encoded(self, verb: str) -> bytes:
+    def encoded(self, verb: str, best_only: bool) -> bytes:
         """The whole-cluster answer for "filter" (NodeNames form) or "prioritize", or for "passing"
         the NodeNames array of that filter answer, as its bytes."""
-        body = self._encoded.get(verb)
+        key = (verb, best_only)
+        body = self._encoded.get(key)
         if body is None:
+            passing = _best(self.ranked) if best_only else self.ranked
             if verb == "filter":
-                body = _filter_result(self.records.values(), [r.name for r in self.ranked], None)
+                body = _filter_result(self.records.values(), [r.name for r in passing], None)
             elif verb == "passing":
-                body = b"[" + b",".join(map(_name_json, self.ranked)) + b"]"
+                body = b"[" + b",".join(map(_name_json, passing)) + b"]"
+            elif best_only:
+                body = wire.host_priorities([(10, list(map(_name_json, passing)))])
             else:
-                body = _priorities(self.ranked, [])
-            self._encoded[verb] = body
+                body = _priorities(passing, [])
+            self._encoded[key] = body
         return body
 
 
 def filter_answer(
     answers: Answers, names: Sequence[str], records: Sequence[NodeAnswer | None], unknown: Sequence[str],
-    sent: Mapping[str, Any] | None,
-) -> tuple[bytes, int]:
-    """The ExtenderFilterResult and how many nodes passed. `records` are the candidates' answers
-    in candidate order, None for the `unknown` ones (not in the view). With `sent`
-    (nodeCacheCapable false) the passing nodes go back as Node objects, else as names."""
+    sent: Mapping[str, Any] | None, best_only: bool,
+) -> tuple[bytes, int, int]:
+    """The ExtenderFilterResult, how many nodes are feasible and how many of them pass (all of
+    them, or with `best_only` those scoring 10). `records` are the candidates' answers in
+    candidate order, None for the `unknown` ones (not in the view). With `sent` (nodeCacheCapable
+    false) the passing nodes go back as Node objects, else as names."""
     if unknown:
         known = list(map(is_not, records, repeat(None)))
         names, records = list(compress(names, known)), list(compress(records, known))
     flags = list(map(_feasible, records))
-    passed = sum(flags)
-    if sent is None and not unknown and answers.covers(passed, len(records)):
-        return answers.encoded("filter"), passed
+    feasible = sum(flags)
+    if sent is None and not unknown and answers.covers(feasible, len(records)):
+        passed = len(_best(answers.ranked)) if best_only else feasible
+        return answers.encoded("filter", best_only), feasible, passed
+    if best_only and feasible:
+        totals = [r.breakdown.total for r in compress(records, flags)]
+        low, high = min(totals), max(totals)
+        flags = [flag and policy.scheduler_score(r.breakdown.total, low, high) == 10 for flag, r in zip(flags, records)]
     passing = list(compress(names, flags))
-    rejected = list(compress(records, map(not_, flags)))
+    rejected = [r for r in records if not r.feasible]
     nodes = {"metadata": {}, "items": [sent[n] for n in passing]} if sent is not None else None
     body = _filter_result(rejected, None if sent is not None else passing, nodes, unknown)
-    return body, passed
+    return body, feasible, len(passing)
 
 
-def passed_back(answers: Answers, node_names: bytes) -> bytes | None:
+def passed_back(answers: Answers, node_names: bytes, best_only: bool) -> bytes | None:
     """The whole-cluster HostPriorityList when a prioritize request's NodeNames (its JSON bytes)
     are exactly the NodeNames of the whole-cluster filter answer, else None.
 
     kube-scheduler sends prioritize the nodes a filtering extender kept, in the order it answered,
     so after a whole-cluster filter answer this one byte comparison replaces a look-up per node.
     """
-    return answers.encoded("prioritize") if node_names == answers.encoded("passing") else None
+    if node_names == answers.encoded("passing", best_only):
+        return answers.encoded("prioritize", best_only)
+    return None
 
 
 def prioritize_answer(
-    answers: Answers, names: Sequence[str], records: Sequence[NodeAnswer | None], unknown: Sequence[str]
+    answers: Answers, names: Sequence[str], records: Sequence[NodeAnswer | None], unknown: Sequence[str],
+    best_only: bool,
 ) -> bytes:
-    """The HostPriorityList for the candidates `names` (`records`, `unknown` as for filter_answer)."""
+    """The HostPriorityList for the candidates `names` (`records`, `unknown` as for filter_answer);
+    with `best_only` 10 for each feasible candidate (filter passed only the best)."""
+    if best_only:
+        known = [r is not None and r.feasible for r in records]
+        return wire.host_priorities([(0, [wire.encode(n) for n, ok in zip(names, known) if not ok]),
+                                     (10, [wire.encode(n) for n, ok in zip(names, known) if ok])])
     if not unknown:
         flags = list(map(_feasible, records))
         if sum(flags) == len(answers.ranked):  # every feasible node is a candidate
             zeros = list(compress(names, map(not_, flags)))
             if not zeros:
-                return answers.encoded("prioritize")
+                return answers.encoded("prioritize", False)
             return _priorities(answers.ranked, zeros)
     candidates = set(names)
     ranked = [r for r in answers.ranked if r.name in candidates]
     feasible = {r.name for r in ranked}
     return _priorities(ranked, [n for n in names if n not in feasible])
+
+
+def _best(ranked: list[Ranked]) -> list[Ranked]:
+    """The tail of `ranked` (ascending) whose integer over all of `ranked` is 10."""
+    if not ranked:
+        return ranked
+    low, high = ranked[0].total, ranked[-1].total
+    return ranked[bisect_left(ranked, 10, key=lambda entry: policy.scheduler_score(entry.total, low, high)):]
 
 
 def _filter_result(

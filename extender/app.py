@@ -85,7 +85,10 @@ def _fresh_gpus(view: ClusterView) -> int:
     return sum(1 for sample in view.samples.values() if now - sample.at <= ttl)
 
 
-def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector] = ()) -> FastAPI:
+def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector] = (),
+               best_only: bool = True) -> FastAPI:
+    """The webhook. `best_only`: filter passes only the feasible nodes of the top score
+    (extender/answers.py says why the choice stays the same); false: every feasible node."""
     app = FastAPI(title="gpu-extender", docs_url=None, redoc_url=None, openapi_url=None)
     decider = Decider(view, background=True)
     metrics = Metrics(view, decider, collectors)
@@ -126,19 +129,20 @@ def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector
     def filter_(body: bytes) -> bytes:
         args = wire.decode(body, wire.ExtenderArgs)
         names, sent, decision, answers = decided(args, decider.request(args.Pod))
-        answer, passed = filter_answer(answers, names, decision.records, decision.unknown, sent)
+        answer, feasible, passed = filter_answer(answers, names, decision.records, decision.unknown, sent, best_only)
         request = decision.request
-        metrics.decisions.labels(request.workload_class.value, "feasible" if passed else "unschedulable").inc()
-        log.info("filter %s (%s): %d of %d nodes fit", request.key, request.workload_class.value, passed, len(names))
+        metrics.decisions.labels(request.workload_class.value, "feasible" if feasible else "unschedulable").inc()
+        log.info("filter %s (%s): %d of %d nodes fit, %d passed%s", request.key, request.workload_class.value,
+                 feasible, len(names), passed, " (the best score)" if best_only else "")
         return answer
 
     def prioritize(body: bytes) -> bytes:
         args = wire.decode(body, wire.PrioritizeArgs)
         request = decider.request(args.Pod)
-        if args.Nodes is None and (answer := passed_back(decider.answers(request), bytes(args.NodeNames))):
+        if args.Nodes is None and (answer := passed_back(decider.answers(request), bytes(args.NodeNames), best_only)):
             return answer
         names, _, decision, answers = decided(args.args(), request)
-        return prioritize_answer(answers, names, decision.records, decision.unknown)
+        return prioritize_answer(answers, names, decision.records, decision.unknown, best_only)
 
     def bind(body: bytes) -> bytes:
         args = wire.decode(body, wire.ExtenderBindingArgs)

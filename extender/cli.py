@@ -74,6 +74,10 @@ def serve(
     tls_key: Annotated[Optional[Path], typer.Option(help="Server key (PEM).")] = None,
     client_ca: Annotated[Optional[Path], typer.Option(help="CA that signs kube-scheduler's client certificate.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    best_only: Annotated[bool, typer.Option(
+        "--best-only/--all-feasible",
+        help="filter passes only the feasible nodes of the top score (the same choice with the shipped "
+             "extender weight, far less work for kube-scheduler) or every feasible node.")] = True,
     dcgm_service: Annotated[Optional[str], typer.Option(
         help="Live DCGM: scrape the dcgm-exporters of this Service (NAMESPACE/NAME), from its EndpointSlices.")] = None,
     dcgm_pod_selector: Annotated[Optional[str], typer.Option(
@@ -140,8 +144,8 @@ def serve(
         tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)}
         if client_ca:
             tls |= {"ssl_ca_certs": str(client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
-    uvicorn.run(create_app(view, binder, collectors), host=host, port=port, log_level=log_level, access_log=False,
-                **tls)
+    uvicorn.run(create_app(view, binder, collectors, best_only), host=host, port=port, log_level=log_level,
+                access_log=False, **tls)
 
 
 def _release_free_memory() -> None:

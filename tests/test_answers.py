@@ -57,10 +57,18 @@ def test_answers_match_the_per_node_computation(history, data):
     unknown = data.draw(st.lists(NAMES.filter(lambda n: n not in expected), max_size=3, unique=True))
     names = data.draw(st.permutations(names + unknown))
     records = [answers.records.get(n) for n in names]
+    best_only = data.draw(st.booleans())
 
-    result = json.loads(filter_answer(answers, names, records, unknown, None)[0])
+    body, feasible, passed = filter_answer(answers, names, records, unknown, None, best_only)
+    result = json.loads(body)
+    # The integers kube-scheduler would get for every feasible candidate (0: not feasible).
+    reference = policy.scheduler_scores(expected[n] for n in names if n in expected)
+    fits = [n for n in names if n in expected and expected[n].feasible]
+    # Best only: exactly the nodes that would have scored 10 when all were passed.
+    winners = [n for n in fits if reference[n] == 10] if best_only else fits
     # kube-scheduler looks each NodeNames entry up and reads FailedNodes into a map: order does not matter.
-    assert sorted(result["NodeNames"]) == sorted(n for n in names if n in expected and expected[n].feasible)
+    assert sorted(result["NodeNames"]) == sorted(winners)
+    assert (feasible, passed) == (len(fits), len(winners))
     assert result["Nodes"] is None and result["Error"] == ""
     assert result["FailedNodes"] == {
         **{n: f"gpu-extender: {expected[n].summary}" for n in names
@@ -70,9 +78,10 @@ def test_answers_match_the_per_node_computation(history, data):
     assert result["FailedAndUnresolvableNodes"] == {
         n: f"gpu-extender: {expected[n].summary}" for n in names if n in expected and expected[n].unresolvable}
 
-    priorities = json.loads(prioritize_answer(answers, names, records, unknown))
+    priorities = json.loads(prioritize_answer(answers, names, records, unknown, best_only))
     assert sorted(p["Host"] for p in priorities) == sorted(names)
-    reference = policy.scheduler_scores(expected[n] for n in names if n in expected)
+    if best_only:  # sent the winners, it cannot tell them apart: 10 each, the in-tree plugins decide
+        reference = {n: 10 if n in fits else 0 for n in reference}
     assert {p["Host"]: p["Score"] for p in priorities} == {**dict.fromkeys(unknown, 0), **reference}
 
 
@@ -82,8 +91,9 @@ def test_filter_answer_returns_node_objects_when_nodes_were_sent():
         "b": ScoreBreakdown("b", False, False, 0.0, {}, Plan(), "full", summary="full"),
     })
     sent = {"a": {"metadata": {"name": "a"}}, "b": {"metadata": {"name": "b"}}}
-    body, passed = filter_answer(answers, ["a", "b"], [answers.records["a"], answers.records["b"]], [], sent)
-    assert passed == 1
+    body, feasible, passed = filter_answer(answers, ["a", "b"], [answers.records["a"], answers.records["b"]], [],
+                                           sent, best_only=True)
+    assert feasible == passed == 1
     assert json.loads(body) == {
         "Nodes": {"metadata": {}, "items": [{"metadata": {"name": "a"}}]}, "NodeNames": None,
         "FailedNodes": {"b": "gpu-extender: full"}, "FailedAndUnresolvableNodes": {}, "Error": "",
@@ -99,15 +109,18 @@ def test_prioritize_of_the_filtered_list_is_the_whole_cluster_answer(history, da
     known = sorted(expected)
     names = data.draw(st.lists(st.sampled_from(known), unique=True) if known else st.just([]))
     records = [answers.records.get(n) for n in names]
-    filtered = json.loads(filter_answer(answers, names, records, (), None)[0])["NodeNames"]
-    answer = passed_back(answers, msgspec.json.encode(filtered))
+    best_only = data.draw(st.booleans())
+    filtered = json.loads(filter_answer(answers, names, records, (), None, best_only)[0])["NodeNames"]
+    answer = passed_back(answers, msgspec.json.encode(filtered), best_only)
     feasible = sorted(n for n, b in expected.items() if b.feasible)
     if sorted(names) == sorted(expected):  # a whole-cluster filter answer: recognised in its order only
         assert answer is not None
         if len(filtered) > 1:
-            assert passed_back(answers, msgspec.json.encode(filtered[::-1])) is None
-    if sorted(filtered) != feasible:
+            assert passed_back(answers, msgspec.json.encode(filtered[::-1]), best_only) is None
+    if not best_only and sorted(filtered) != feasible:
         assert answer is None  # some feasible node was not a candidate
     if answer is not None:
         reference = policy.scheduler_scores(expected[n] for n in filtered)
+        if best_only:
+            reference = dict.fromkeys(filtered, 10)
         assert {p["Host"]: p["Score"] for p in json.loads(answer)} == reference

@@ -72,12 +72,24 @@ def golden_server(tmp_path_factory) -> Server:
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def example_server(tmp_path_factory) -> Server:
-    """Serves the bundled example cluster with its DCGM dumps."""
-    tmp = tmp_path_factory.mktemp("example")
+def _example(tmp: Path, *extra: str) -> Server:
     metrics = [arg for dump in sorted((ROOT / "examples" / "metrics").glob("*.prom"))
                for arg in ("--metrics", str(dump))]
-    server = Server(ROOT / "examples" / "cluster.yaml", tmp / "serve.log", *metrics)
+    return Server(ROOT / "examples" / "cluster.yaml", tmp / "serve.log", *metrics, *extra)
+
+
+@pytest.fixture(scope="session")
+def example_server(tmp_path_factory) -> Server:
+    """Serves the bundled example cluster with its DCGM dumps; filter passes every feasible node
+    (`--all-feasible`), so that the whole ranking shows on the wire."""
+    server = _example(tmp_path_factory.mktemp("example"), "--all-feasible")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def best_server(tmp_path_factory) -> Server:
+    """The same as `example_server`, as `serve` runs by default: filter passes the best only."""
+    server = _example(tmp_path_factory.mktemp("example-best"))
     yield server
     server.stop()

@@ -41,7 +41,7 @@ def serve(tmp_path_factory, name: str, items: list[dict]) -> Server:
     tmp = tmp_path_factory.mktemp(name)
     cluster = tmp / "cluster.yaml"
     cluster.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
-    return Server(cluster, tmp / "serve.log")
+    return Server(cluster, tmp / "serve.log", "--all-feasible")  # the whole ranking on the wire
 
 
 WHOLE = [node("packed", gpus(4)), node("roomy", gpus(4))]

@@ -50,7 +50,7 @@ def share_server(tmp_path_factory) -> Server:
     ]
     cluster = tmp / "cluster.yaml"
     cluster.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
-    server = Server(cluster, tmp / "serve.log")
+    server = Server(cluster, tmp / "serve.log", "--all-feasible")  # the whole ranking on the wire
     yield server
     server.stop()
 
