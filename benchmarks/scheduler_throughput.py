@@ -10,8 +10,8 @@ one-GPU batch pods, created while no scheduler runs and then scheduled by:
   `plain-scheduler`; in-tree NodeResourcesFit counts nvidia.com/gpu, DefaultBinder binds);
 * `null-extender`: the shipped configuration calling benchmarks/null_extender (Go, built with the
   machine's Go into the cache) for filter and prioritize, which passes every node and scores each
-  10; DefaultBinder binds. What any HTTP extender costs kube-scheduler, before the extender's own
-  work: the floor under `gpu-scheduler`.
+  10; DefaultBinder binds. What an HTTP extender that passes every node costs kube-scheduler,
+  before the extender's own work (gpu-extender passes only its best nodes: see the README).
 * `gpu-scheduler`: the shipped configuration, the extender (live mode, its own service account)
   filtering, prioritizing and binding every pod.
 
@@ -29,6 +29,7 @@ scheduler taking over a killed one's lease would wait out its duration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -97,7 +98,8 @@ def null_extender() -> Path:
     the control plane), keyed by its source; built again only when that changes."""
     source = ROOT / "benchmarks" / "null_extender"
     key = hashlib.sha256(b"".join((source / name).read_bytes() for name in ("go.mod", "main.go"))).hexdigest()[:16]
-    cache = os.environ.get("GPU_EXTENDER_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpu-extender"
+    cache = (os.environ.get("GPU_EXTENDER_CACHE")
+             or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpu-extender")
     exe = Path(cache) / f"null-extender-{key}"
     if not exe.exists():
         subprocess.run(["go", "build", "-o", str(exe), "."], cwd=source, check=True)
@@ -128,6 +130,7 @@ def timed(plane: ControlPlane, count: int, start, procs: dict[str, subprocess.Po
         if len(counter.bound) > done:
             done, progress = len(counter.bound), time.monotonic()
         elif time.monotonic() - progress > 60:
+            scheduler.kill()
             tail = "\n".join(scheduler.log.read_text().splitlines()[-5:])
             raise RuntimeError(f"stuck at {done} of {count} pods bound; scheduler log ends:\n{tail}")
     elapsed = time.monotonic() - started
@@ -181,8 +184,9 @@ def main() -> None:
     parser.add_argument("--qps", type=int, default=None)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="scheduler-throughput-"))
-    plane = ControlPlane(work)
-    try:
+    with contextlib.ExitStack() as running:  # whatever was started stops, also when a run fails
+        plane = ControlPlane(work)
+        running.callback(plane.stop)
         plane.namespace(NAMESPACE)
         for i in range(args.nodes):
             plane.node(nvlink_node(f"node-{i:04d}", "bench"))
@@ -200,6 +204,7 @@ def main() -> None:
         null_log = work / "null-extender-server.log"
         null = subprocess.Popen([str(null_extender()), f"127.0.0.1:{port}"], stdout=null_log.open("w"),
                                 stderr=subprocess.STDOUT)
+        running.callback(null.kill)
         wait_for(lambda: httpx.post(f"http://127.0.0.1:{port}/filter", content=b"{}").status_code == 200,
                  "null-extender did not start", null, null_log)
         pods(plane, args.pods, "gpu-scheduler")
@@ -213,6 +218,7 @@ def main() -> None:
         print(f"null-extender: {args.pods} pods in {null_s:.1f} s; CPU seconds: {null_cpu}", flush=True)
 
         extender = Extender(plane, work / "extender.log")
+        running.callback(extender.kill)
         pods(plane, args.pods, "gpu-scheduler")
         gpu_s, scheduler, gpu_cpu = timed(plane, args.pods, lambda: Scheduler(
             plane, extender.port, work / "gpu-scheduler.log", edit=with_qps(args.qps)),
@@ -222,8 +228,6 @@ def main() -> None:
         extender.kill()
         print(f"gpu-scheduler: {args.pods} pods in {gpu_s:.1f} s; CPU seconds: {gpu_cpu}; inside the extender, "
               "per verb: " + ", ".join(f"{verb} {total:.1f} s" for verb, total in server_s.items()), flush=True)
-    finally:
-        plane.stop()
     row = {
         "nodes": args.nodes, "pods": args.pods, "qps": args.qps or 50,
         "plain_pods_per_s": round(args.pods / plain_s, 1), "extender_pods_per_s": round(args.pods / gpu_s, 1),

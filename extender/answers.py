@@ -18,13 +18,15 @@ the feasible candidates sorted by total each integer 1..10 is one contiguous ban
 bisection. Candidates that are not feasible get 0.
 
 Best only (`best_only`, the default of `serve`): filter passes only the feasible candidates whose
-integer is 10 and prioritize gives each candidate it is sent 10 (0 if not feasible). The choice is
-the same as passing them all: kube-scheduler adds integer x weight x 10 to its plugins' scores,
-and with the shipped weight (200) one point (2,000) outweighs every in-tree score together (at
-most 1,600), so a node below 10 could never have won; among the 10s the in-tree plugins decide, as
-before. What changes is kube-scheduler's work: it scores a handful of nodes instead of all, and
-the prioritize request and answer carry a handful of names. Nodes left out are neither passed nor
-failed (kube-scheduler drops them); the band is empty only when no candidate is feasible.
+integer is 10 and prioritize gives each candidate it is sent 10 (0 if not feasible). The pod lands
+on one of the same nodes as when passing them all: kube-scheduler adds integer x weight x 10 to its
+plugins' scores, and with the shipped weight (200) one point (2,000) outweighs every in-tree score
+together (at most 1,600), so a node below 10 could never have won. Among the 10s the in-tree
+plugins break the tie; those that normalise over the nodes they score may pick another of them than
+with every feasible node passed. What changes is kube-scheduler's work: it scores a handful of
+nodes instead of all, and the prioritize request and answer carry a handful of names. Nodes left
+out are neither passed nor failed (kube-scheduler drops them); the band is empty only when no
+candidate is feasible.
 
 Candidate names are assumed distinct, as kube-scheduler sends them.
 """
@@ -119,7 +121,7 @@ class Answers:
 
     def encoded(self, verb: str, best_only: bool) -> bytes:
         """The whole-cluster answer for "filter" (NodeNames form) or "prioritize", or for "passing"
-        the NodeNames array of that filter answer, as its bytes."""
+        the NodeNames array of that filter answer, as its bytes; `best_only` as the server runs."""
         key = (verb, best_only)
         body = self._encoded.get(key)
         if body is None:
@@ -182,9 +184,9 @@ def prioritize_answer(
     """The HostPriorityList for the candidates `names` (`records`, `unknown` as for filter_answer);
     with `best_only` 10 for each feasible candidate (filter passed only the best)."""
     if best_only:
-        known = [r is not None and r.feasible for r in records]
-        return wire.host_priorities([(0, [wire.encode(n) for n, ok in zip(names, known) if not ok]),
-                                     (10, [wire.encode(n) for n, ok in zip(names, known) if ok])])
+        feasible = [r is not None and r.feasible for r in records]
+        return wire.host_priorities([(0, [wire.encode(n) for n, ok in zip(names, feasible) if not ok]),
+                                     (10, [wire.encode(n) for n, ok in zip(names, feasible) if ok])])
     if not unknown:
         flags = list(map(_feasible, records))
         if sum(flags) == len(answers.ranked):  # every feasible node is a candidate

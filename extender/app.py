@@ -88,7 +88,8 @@ def _fresh_gpus(view: ClusterView) -> int:
 def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector] = (),
                best_only: bool = True) -> FastAPI:
     """The webhook. `best_only`: filter passes only the feasible nodes of the top score
-    (extender/answers.py says why the choice stays the same); false: every feasible node."""
+    (extender/answers.py says why the pod still lands among the same nodes); false: every feasible
+    node."""
     app = FastAPI(title="gpu-extender", docs_url=None, redoc_url=None, openapi_url=None)
     decider = Decider(view, background=True)
     metrics = Metrics(view, decider, collectors)

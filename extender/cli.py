@@ -76,8 +76,9 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     best_only: Annotated[bool, typer.Option(
         "--best-only/--all-feasible",
-        help="filter passes only the feasible nodes of the top score (the same choice with the shipped "
-             "extender weight, far less work for kube-scheduler) or every feasible node.")] = True,
+        help="filter passes only the feasible nodes of the top score (with the shipped extender weight the "
+             "pod lands among the same nodes; far less work for kube-scheduler) or every feasible node.",
+    )] = True,
     dcgm_service: Annotated[Optional[str], typer.Option(
         help="Live DCGM: scrape the dcgm-exporters of this Service (NAMESPACE/NAME), from its EndpointSlices.")] = None,
     dcgm_pod_selector: Annotated[Optional[str], typer.Option(

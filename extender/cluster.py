@@ -278,7 +278,7 @@ class ClusterView:
         raw = self._raw_nodes[name]
         base = convert.node_base(raw, now, self.config)
         beat = convert.heartbeat(raw)
-        expires = beat + self.config.agent.max_age_seconds if beat and base.gpus else float("inf")
+        expires = beat + self.config.agent.max_age_seconds if beat is not None else float("inf")
         if expires <= now:
             expires = float("inf")  # already degraded: nothing more to age out
         self._bases[name] = (base, expires)

@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
@@ -267,8 +267,8 @@ def gpu_node(
 
 def node_base(node: Mapping[str, Any], as_of: float, config: PolicyConfig) -> GpuNode:
     """A node without its pods at time `as_of`: what it has, from its labels, allocatable and
-    agent annotations. It depends on the time only through the agent data's age, so it holds
-    until the node changes or its heartbeat grows older than agent.maxAgeSeconds."""
+    agent annotations. It depends on the time only through whether the agent data is older than
+    agent.maxAgeSeconds, so it holds until the node changes or its heartbeat ages past that."""
     meta = node.get("metadata") or {}
     name = meta.get("name") or ""
     labels = meta.get("labels") or {}
@@ -325,9 +325,10 @@ def _agent_data(notes_in: Mapping[str, str], as_of: float, config: PolicyConfig,
     if beat is None:
         notes.append("no agent heartbeat: using allocatable only")
         return empty
-    age = as_of - beat
-    if age > config.agent.max_age_seconds:
-        notes.append(f"agent data {age:.0f}s old: using allocatable only")
+    if as_of - beat > config.agent.max_age_seconds:
+        at = datetime.fromtimestamp(beat, timezone.utc).isoformat(timespec="seconds")
+        notes.append(f"agent data older than {config.agent.max_age_seconds:g}s (last heartbeat {at}): "
+                     "using allocatable only")
         return empty
     gpus, nvlink, pcie = (), None, None
     layout = None

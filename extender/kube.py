@@ -13,6 +13,7 @@ on the pods), then posts an Event on the pod in the background.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import queue
@@ -52,8 +53,8 @@ def api_client(kubeconfig: Path | None) -> client.ApiClient:
     else:
         config.load_incluster_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = CONNECTIONS
-    if configuration.refresh_api_key_hook is not None:
-        configuration.refresh_api_key_hook = _at_most_every(CREDENTIALS_CHECK_SECONDS, configuration.refresh_api_key_hook)
+    if (refresh := configuration.refresh_api_key_hook) is not None:
+        configuration.refresh_api_key_hook = _at_most_every(CREDENTIALS_CHECK_SECONDS, refresh)
     return client.ApiClient(configuration)
 
 
@@ -63,17 +64,23 @@ def _at_most_every(seconds: float, refresh: Callable[[client.Configuration], Non
     kubeconfig, and setting the server address re-reads the proxy settings from every environment
     variable (in a pod, a few for each Service of the namespace): most of the client's CPU per
     bind. The loaders renew a token minutes before it expires (kubeconfig) or re-read the
-    service-account token each minute (in cluster), so checking every `seconds` is as safe. The
-    library's hook installs itself again each time it runs: this one takes its place back."""
+    service-account token each minute (in cluster), so checking every `seconds` is as safe.
+
+    The library's hook applies everything to the configuration it is given and installs itself
+    there again. It is given a shallow copy, whose `api_key` dict (where the token goes) is the
+    real one's: the real configuration keeps this hook, whichever threads call it and when."""
+    lock = threading.Lock()
     due = 0.0
 
     def hook(configuration: client.Configuration) -> None:
         nonlocal due
-        now = time.monotonic()
-        if now >= due:
-            due = now + seconds
-            refresh(configuration)
-            configuration.refresh_api_key_hook = hook
+        if time.monotonic() < due:
+            return
+        with lock:
+            now = time.monotonic()
+            if now >= due:
+                refresh(copy.copy(configuration))
+                due = now + seconds
 
     return hook
 

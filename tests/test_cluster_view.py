@@ -208,20 +208,30 @@ def test_nodes_equal_a_fresh_conversion_through_pod_events_and_aging():
     what it holds stays what converting node and pods again gives, also once the agent data has
     aged out between two pod events."""
     view, now, beat, nodes, pods = clocked_view()
+    # A node whose agent published a model cache but no GPU topology: its data ages out too.
+    cache_only = copy.deepcopy(next(n for n in nodes if n["metadata"]["name"] == "a100-nv4-01"))
+    cache_only["metadata"]["name"] = "cache-only-01"
+    del cache_only["metadata"]["annotations"][ann.TOPOLOGY]
+    nodes.append(cache_only)
+    view.upsert_node(cache_only)
+    assert view.node("cache-only-01").model_cache and not view.node("cache-only-01").gpus
 
     def converted(name: str):
         node = next(n for n in nodes if n["metadata"]["name"] == name)
         on = [p for p in pods if (p.get("spec") or {}).get("nodeName") == name and convert.holds_resources(p)]
         return convert.gpu_node(node, on, now[0], CONFIG)
 
-    for i, when in enumerate((beat, beat + 1, beat + CONFIG.agent.max_age_seconds + 60)):
+    aged = beat + CONFIG.agent.max_age_seconds + 60
+    for i, when in enumerate((beat, beat + 1, aged, aged + 1000)):
         now[0] = when
-        pod = bound_pod(f"p{i}", "a100-nv4-01", 1, {"gpus": [i]})
-        pods.append(pod)
-        view.upsert_pod(pod)
-        assert view.node("a100-nv4-01") == converted("a100-nv4-01")
+        for name in ("a100-nv4-01", "cache-only-01"):
+            pod = bound_pod(f"{name}-p{i}", name, 1, {"gpus": [i]})
+            pods.append(pod)
+            view.upsert_pod(pod)
+            assert view.node(name) == converted(name), (name, i)
         assert view.node("a100-nv4-01").usage.gpus == frozenset(range(i + 1))
-    assert not view.node("a100-nv4-01").gpus  # the last event came after the agent data aged out
+    # the last two events came after the agent data aged out
+    assert not view.node("a100-nv4-01").gpus and not view.node("cache-only-01").model_cache
 
 
 def test_shapes_beyond_the_memory_budget_are_dropped_least_recent_first(view, monkeypatch):

@@ -24,7 +24,29 @@ def test_the_credential_hook_runs_at_most_once_per_period(monkeypatch):
     for t in (100.0, 105.0, 109.9, 110.0, 119.0, 125.0):
         clock[0] = t
         configuration.refresh_api_key_hook(configuration)
-    assert runs == [configuration] * 3  # at 100, 110 and 125
+    assert len(runs) == 3  # at 100, 110 and 125
+
+
+def test_a_renewed_token_reaches_the_configuration_which_keeps_the_throttle(monkeypatch):
+    """Like the library's loaders, the hook writes the token into `api_key` and installs itself
+    again on the configuration it is given; the real one must get the token and keep our hook all
+    along (another thread may read the hook while one refreshes)."""
+    clock = [0.0]
+    monkeypatch.setattr(kube.time, "monotonic", lambda: clock[0])
+    configuration = client.Configuration()
+    hook_seen_during_refresh = []
+
+    def library_hook(given: client.Configuration) -> None:
+        given.refresh_api_key_hook = library_hook
+        given.api_key["BearerToken"] = f"token-at-{clock[0]:g}"
+        hook_seen_during_refresh.append(configuration.refresh_api_key_hook)
+
+    ours = configuration.refresh_api_key_hook = kube._at_most_every(10.0, library_hook)
+    for t in (0.0, 5.0, 12.0):
+        clock[0] = t
+        assert configuration.get_api_key_with_prefix("BearerToken") == f"token-at-{0 if t < 10 else t:g}"
+        assert configuration.refresh_api_key_hook is ours
+    assert hook_seen_during_refresh == [ours, ours]
 
 
 @pytest.fixture()
