@@ -106,6 +106,16 @@ def null_extender() -> Path:
     return exe
 
 
+def start_null_extender(log: Path) -> tuple[subprocess.Popen, int]:
+    """The null extender on a free loopback port, once it answers, and that port; output in `log`."""
+    port = free_port()
+    proc = subprocess.Popen([str(null_extender()), f"127.0.0.1:{port}"], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+    wait_for(lambda: httpx.post(f"http://127.0.0.1:{port}/filter", content=b"{}").status_code == 200,
+             "null-extender did not start", proc, log)
+    return proc, port
+
+
 def cpu_seconds(procs: dict[str, subprocess.Popen]) -> dict[str, float]:
     """User + system CPU seconds each process has used so far."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -200,13 +210,8 @@ def main() -> None:
         clear(plane)
         print(f"plain: {args.pods} pods in {plain_s:.1f} s; CPU seconds: {plain_cpu}", flush=True)
 
-        port = free_port()
-        null_log = work / "null-extender-server.log"
-        null = subprocess.Popen([str(null_extender()), f"127.0.0.1:{port}"], stdout=null_log.open("w"),
-                                stderr=subprocess.STDOUT)
+        null, port = start_null_extender(work / "null-extender-server.log")
         running.callback(null.kill)
-        wait_for(lambda: httpx.post(f"http://127.0.0.1:{port}/filter", content=b"{}").status_code == 200,
-                 "null-extender did not start", null, null_log)
         pods(plane, args.pods, "gpu-scheduler")
         null_s, scheduler, null_cpu = timed(plane, args.pods, lambda: Scheduler(
             plane, port, work / "null-extender.log", edit=with_qps(args.qps, _null_extender)),

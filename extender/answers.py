@@ -155,10 +155,10 @@ def filter_answer(
         passed = len(_best(answers.ranked)) if best_only else feasible
         return answers.encoded("filter", best_only), feasible, passed
     if best_only and feasible:
-        totals = [r.breakdown.total for r in compress(records, flags)]
-        low, high = min(totals), max(totals)
-        flags = [flag and policy.scheduler_score(r.breakdown.total, low, high) == 10 for flag, r in zip(flags, records)]
-    passing = list(compress(names, flags))
+        best = {r.name for r in _best(_ranked_among(answers, names))}
+        passing = [name for name in names if name in best]
+    else:
+        passing = list(compress(names, flags))
     rejected = [r for r in records if not r.feasible]
     nodes = {"metadata": {}, "items": [sent[n] for n in passing]} if sent is not None else None
     body = _filter_result(rejected, None if sent is not None else passing, nodes, unknown)
@@ -194,10 +194,15 @@ def prioritize_answer(
             if not zeros:
                 return answers.encoded("prioritize", False)
             return _priorities(answers.ranked, zeros)
-    candidates = set(names)
-    ranked = [r for r in answers.ranked if r.name in candidates]
+    ranked = _ranked_among(answers, names)
     feasible = {r.name for r in ranked}
     return _priorities(ranked, [n for n in names if n not in feasible])
+
+
+def _ranked_among(answers: Answers, names: Sequence[str]) -> list[Ranked]:
+    """The feasible nodes among `names`, ascending."""
+    candidates = set(names)
+    return [r for r in answers.ranked if r.name in candidates]
 
 
 def _best(ranked: list[Ranked]) -> list[Ranked]:

@@ -53,8 +53,9 @@ class ClusterView:
         self._pods: dict[str, Obj] = {}
         self._pods_on: dict[str, dict[str, Obj]] = defaultdict(dict)
         self._assumed: dict[str, tuple[str, Obj]] = {}
-        self._built: dict[str, tuple[GpuNode, float]] = {}  # name -> (node, agent data expiry)
-        self._bases: dict[str, tuple[GpuNode, float]] = {}  # name -> (node without pods, same expiry)
+        # name -> (node, the agent data expiry it was built with; node_without may renew a base first)
+        self._built: dict[str, tuple[GpuNode, float]] = {}
+        self._bases: dict[str, tuple[GpuNode, float]] = {}  # name -> (node without pods, agent data expiry)
         self._next_expiry = float("inf")
         self._changes: list[str] = []  # names of rebuilt nodes, oldest first
         self._changes_base = 0  # sequence number of _changes[0]

@@ -266,7 +266,8 @@ def evaluate(node: GpuNode, request: PodRequest, workload: Workload | None) -> S
 def _unmeasured(request: PodRequest, why: str) -> SignalResult:
     """loss = 2 r_q on a node the signal cannot measure (see the module docstring)."""
     loss = 2 * (request.gpus * MILLI + request.gpu_milli)
-    return SignalResult(True, score(loss), f"{why}: counted as taking {loss / MILLI:.2f} GPU of what the workload could use")
+    reason = f"{why}: counted as taking {loss / MILLI:.2f} GPU of what the workload could use"
+    return SignalResult(True, score(loss), reason)
 
 
 def node_free(node: GpuNode) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -4,32 +4,22 @@ every node kube-scheduler sent and scores each 10 (recorded kube-scheduler bodie
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.waiting import wait_for
-from tests.webhook.conftest import free_port
-
 ROOT = Path(__file__).resolve().parents[2]
 RECORDED = ROOT / "tests" / "webhook" / "recorded"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from scheduler_throughput import null_extender  # noqa: E402
+from scheduler_throughput import start_null_extender  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("null-extender") / "log"
-    proc = subprocess.Popen([str(null_extender()), f"127.0.0.1:{port}"], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.post(f"{url}/filter", content=b"{}").status_code == 200,
-             "null-extender did not start", proc, log)
-    yield url
+    proc, port = start_null_extender(tmp_path_factory.mktemp("null-extender") / "log")
+    yield f"http://127.0.0.1:{port}"
     proc.kill()
     proc.wait()
 
