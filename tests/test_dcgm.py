@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 
 from extender import dcgm
-
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gpu" / "dcgm-sample.prom"
+from tests.dcgm.harness import SAMPLE_TEXT
 
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-    return dcgm.parse(SAMPLE.read_text(), default_time=1000.0)
+    return dcgm.parse(SAMPLE_TEXT, default_time=1000.0)
 
 
 def test_whole_gpu_rows_use_gpu_util_and_framebuffer(reference):
@@ -25,7 +24,7 @@ def test_whole_gpu_rows_use_gpu_util_and_framebuffer(reference):
 
 
 def test_mig_rows_weight_engine_activity_by_compute_slices(reference):
-    text = SAMPLE.read_text()
+    text = SAMPLE_TEXT
     engine = {}
     for line in text.splitlines():
         if line.startswith("DCGM_FI_PROF_GR_ENGINE_ACTIVE{") and 'gpu="2"' in line:

@@ -20,7 +20,19 @@ from tests.webhook.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT.parent / "shared" / "reference" / "gpu" / "dcgm-sample.prom"
-SAMPLE_TEXT = SAMPLE.read_text()
+
+
+def _sample_text() -> str:
+    """The reference dcgm-exporter output the tests parse and serve, from the shared folder beside
+    the clone (not part of the project)."""
+    try:
+        return SAMPLE.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"the DCGM tests read dcgm-exporter's reference sample from {SAMPLE}: put the "
+                                "shared reference folder beside the clone (see the README)") from None
+
+
+SAMPLE_TEXT = _sample_text()
 SAMPLE_UUIDS = list(dict.fromkeys(re.findall(r'UUID="(GPU-[^"]+)"', SAMPLE_TEXT)))  # GPU 0..3, in order
 SAMPLE_HOST = "gpu-node-07"
 HTML_ERROR = b"<html><body><h1>502 Bad Gateway</h1></body></html>\n"
