@@ -11,19 +11,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
-import orjson
 import typer
-from rich import box
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from extender import convert, dcgm, snapshot
+from extender import snapshot
 from extender.cluster import ClusterView
-from extender.report import report
+from extender.dcgm import readings
 from scoring import config as policy_config
-from scoring import policy
-from scoring.model import MILLI_PER_GPU, SIGNALS, Plan, PodRequest, ScoreBreakdown
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="GPU placement for kube-scheduler.")
 
@@ -31,15 +24,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="GPU placemen
 class Output(str, Enum):
     table = "table"
     json = "json"
-
-
-def bundled_examples() -> Path:
-    """The example cluster shipped with the package (or beside it in a source checkout)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "examples", here.parent / "examples"):
-        if (candidate / "cluster.yaml").is_file():
-            return candidate
-    raise snapshot.FileError("the bundled example cluster is missing from this installation")
 
 
 def fail(message: str) -> typer.Exit:
@@ -53,9 +37,6 @@ def main() -> None:
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
-HEADERS = {"topology": "nvlink", "sharing": "share", "locality": "cache", "utilization": "util",
-           "fragmentation": "frag"}  # the table's short names for the signals
-TABLE_WIDTH = 120
 
 
 @app.command()
@@ -97,8 +78,8 @@ def serve(
     """Run the extender webhook (filter, prioritize, bind, preempt) for kube-scheduler."""
     import uvicorn
 
-    from extender import dcgm_refresh
-    from extender.app import Binder, SnapshotBinder, create_app
+    from extender.dcgm import refresh as dcgm_refresh
+    from extender.webhook.app import Binder, SnapshotBinder, create_app
 
     if host not in LOOPBACK and not (tls_cert and tls_key and client_ca):
         raise fail(f"listening on {host} needs --tls-cert, --tls-key and --client-ca (kube-scheduler's client CA)")
@@ -126,14 +107,14 @@ def serve(
             api = kube.api_client(kubeconfig)
             view = ClusterView(cfg)
             for dump in metrics or []:
-                view.set_samples({**view.samples, **dcgm.load_dump(dump)})
+                view.set_samples({**view.samples, **readings.load_dump(dump)})
             kube.Watcher(api, view).start()
             if live_dcgm.live:
                 collectors = dcgm_refresh.start(view, live_dcgm.source(api), live_dcgm.interval)
             binder = kube.KubeBinder(api)
     except policy_config.ConfigError as exc:
         raise fail(f"{config}: {exc}") from None
-    except (snapshot.FileError, dcgm.MetricsError) as exc:
+    except (snapshot.FileError, readings.MetricsError) as exc:
         raise fail(str(exc)) from None
     except Exception as exc:  # kubeconfig missing or unreadable, not in a cluster
         raise fail(f"cannot reach the cluster: {exc}") from None
@@ -170,58 +151,12 @@ def score(
     output: Annotated[Output, typer.Option(help="table or json.")] = Output.table,
 ) -> None:
     """Dry run: how every node scores for POD, and why."""
+    from extender import dryrun
+
     try:
-        cfg = policy_config.parse(snapshot.read_document(config)) if config else policy_config.PolicyConfig()
-        try:
-            request = convert.pod_request(snapshot.read_document(pod), cfg)
-        except convert.BadObject as exc:
-            raise convert.BadObject(f"{pod}: {exc}") from None
-        if cluster is None:
-            examples = bundled_examples()
-            cluster = examples / "cluster.yaml"
-            metrics = metrics or sorted((examples / "metrics").glob("*.prom"))
-        view = ClusterView.from_snapshot(cluster, metrics or [], cfg)
-    except policy_config.ConfigError as exc:
-        raise fail(f"{config}: {exc}") from None
-    except (snapshot.FileError, convert.BadObject, dcgm.MetricsError) as exc:
+        dryrun.run(pod, cluster, metrics or [], config, output.value)
+    except dryrun.InputError as exc:
         raise fail(str(exc)) from None
-    nodes = {node.name: node for node in view.nodes()}
-    decisions = policy.evaluate(list(nodes.values()), request, view.samples, view.now(), cfg, view.target.workload)
-    if output is Output.json:
-        sys.stdout.write(orjson.dumps(report(request, decisions, nodes), option=orjson.OPT_INDENT_2).decode())
-        sys.stdout.write("\n")
-    else:
-        console = Console()
-        if not console.is_terminal:  # piped: wide enough for every column, not rich's 80
-            console.width = max(console.width, TABLE_WIDTH)
-        _render(console, request, decisions)
-
-
-def _render(console: Console, request: PodRequest, decisions: list[ScoreBreakdown]) -> None:
-    table = Table(title=f"{request.key} ({request.workload_class.value})", title_justify="left",
-                  box=box.SIMPLE_HEAD)
-    for column in ("node", "fit", "score", *SIGNALS, "plan"):
-        table.add_column(HEADERS.get(column, column), justify="right" if column == "score" else "left",
-                         no_wrap=column != "plan")
-    for d in decisions:
-        cells = []
-        for name in SIGNALS:
-            result = d.signals.get(name)
-            cells.append("-" if result is None or not result.applicable else f"{result.score:.2f}")
-        plan = _plan_text(d.plan) if d.feasible else ""
-        table.add_row(d.node, "yes" if d.feasible else "no", str(d.score), *cells, plan)
-    console.print(table)
-    console.print("why:")
-    for d in decisions:
-        console.print(f"  [bold]{escape(d.node)}[/bold]: {escape(d.reason)}", highlight=False)
-
-
-def _plan_text(plan: Plan) -> str:
-    parts = [f"GPU {','.join(map(str, plan.gpus))}"] if plan.gpus else []
-    parts += [f"{s.profile} GPU {s.gpu}/{s.start}" for s in plan.mig]
-    if plan.share is not None:
-        parts.append(f"GPU {plan.share.gpu} ({plan.share.milli}/{MILLI_PER_GPU})")
-    return " ".join(parts) or "any"
 
 
 @app.command()
@@ -249,7 +184,7 @@ def agent(
 
     Exit status: 0 done; 2 bad arguments or no credentials; 3 no NVIDIA driver; 4 --once/--print failed.
     """
-    from extender import agent as node_agent
+    from extender.node import agent as node_agent
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raise typer.Exit(node_agent.main(

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from extender import annotations as ann
-from extender import convert, dcgm, snapshot
+from extender import convert, snapshot
+from extender.dcgm import readings
 from extender.annotations import plan_to_dict
 from extender.shapes import ShapeCounts, Target
 from scoring.config import PolicyConfig
@@ -92,7 +93,7 @@ class ClusterView:
         nodes, pods = snapshot.load_snapshot(path, partial(slim, share_resource=config.sharing.resource))
         samples: dict[str, GpuSample] = {}
         for dump in metrics:
-            samples.update(dcgm.load_dump(dump))
+            samples.update(readings.load_dump(dump))
         times = [t for t in (convert.heartbeat(n) for n in nodes) if t is not None]
         times += [s.at for s in samples.values()]
         return cls.from_objects(nodes, pods, samples, config, max(times) if times else time.time())

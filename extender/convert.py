@@ -68,9 +68,9 @@ def gpu_resources(pod: Mapping[str, Any], share_resource: str) -> dict[str, int]
     spec = pod.get("spec") or {}
     total: Counter[str] = Counter()
     for container in spec.get("containers") or []:
-        total.update(_container_gpus(container, pod, share_resource))
+        total.update(container_gpus(container, pod, share_resource))
     for container in spec.get("initContainers") or []:
-        for resource, n in _container_gpus(container, pod, share_resource).items():
+        for resource, n in container_gpus(container, pod, share_resource).items():
             total[resource] = max(total[resource], n)
     return {r: n for r, n in total.items() if n > 0}
 
@@ -84,7 +84,8 @@ def asks_for_gpus(pod: Mapping[str, Any], share_resource: str) -> bool:
         return True
 
 
-def _container_gpus(container: Mapping[str, Any], pod: Mapping[str, Any], share_resource: str) -> dict[str, int]:
+def container_gpus(container: Mapping[str, Any], pod: Mapping[str, Any], share_resource: str) -> dict[str, int]:
+    """One container's GPU requests by resource (requests, else limits); BadObject when unreadable."""
     resources = container.get("resources") or {}
     merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
     out = {}

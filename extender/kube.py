@@ -1,8 +1,10 @@
 """The only module that talks to the Kubernetes API (the official `kubernetes` client).
 
-`Watcher` keeps a ClusterView current: list (in pages, slimmed page by page), then watch from the
-list's resourceVersion; a watch that ends is resumed from the last resourceVersion seen, a 410 Gone
-(history compacted, API server restarted) re-lists, other errors back off exponentially up to 30 s.
+`ListWatch` keeps one kind of object current: list (in pages, slimmed page by page), then watch
+from the list's resourceVersion; a watch that ends is resumed from the last resourceVersion seen, a
+410 Gone (history compacted, API server restarted) re-lists, other errors back off exponentially up
+to 30 s. `Watcher` keeps a ClusterView current with two of them (nodes, pods); the node agent
+watches the pods of its own node with one.
 Objects stay plain JSON read with orjson (`_preload_content=False`): the client's model classes
 are far too slow for tens of thousands of pods.
 
@@ -21,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from extender import annotations as ann
-from extender.app import BindError
+from extender.webhook.app import BindError
 from extender.cluster import ClusterView, pod_key, slim
 from scoring.model import ScoreBreakdown
 
@@ -85,66 +88,68 @@ def _at_most_every(seconds: float, refresh: Callable[[client.Configuration], Non
     return hook
 
 
-class Watcher:
-    def __init__(self, api: client.ApiClient, view: ClusterView, page_size: int = LIST_PAGE):
-        self.core = client.CoreV1Api(api)
-        self.view = view
-        self.page_size = page_size
-        self.stop = threading.Event()
-        self._listed = {"nodes": threading.Event(), "pods": threading.Event()}
+class ListWatch:
+    """One kind of object kept current: list it (in pages of `page_size`, each item passed through
+    `keep`, None dropping it), hand the whole list to `on_list`, then watch from the list's
+    resourceVersion and hand each change to `on_event(type, object)`. A watch that ends is resumed
+    from the last resourceVersion seen, a 410 Gone re-lists, other errors back off exponentially up
+    to MAX_BACKOFF while the last state stays in place. `selectors`: the list call's
+    field_selector / label_selector."""
 
-    def start(self) -> None:
-        for kind in self._listed:
-            threading.Thread(target=self._run, args=(kind,), name=f"watch-{kind}", daemon=True).start()
-        threading.Thread(target=self._mark_synced, name="watch-synced", daemon=True).start()
+    def __init__(self, kind: str, list_call: Callable[..., Any], on_list: Callable[[list[dict[str, Any]]], None],
+                 on_event: Callable[[str, dict[str, Any]], None], *, keep: Callable[[dict[str, Any]], Any] = lambda o: o,
+                 page_size: int = LIST_PAGE, stop: threading.Event | None = None, **selectors: str):
+        self.kind, self.list_call, self.on_list, self.on_event = kind, list_call, on_list, on_event
+        self.keep, self.page_size, self.selectors = keep, page_size, selectors
+        self.stop = stop or threading.Event()
+        self.listed = threading.Event()
 
-    def _mark_synced(self) -> None:
-        for listed in self._listed.values():
-            listed.wait()
-        self.view.synced = True
-        log.info("cluster view synced")
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name=f"watch-{self.kind}", daemon=True)
+        thread.start()
+        return thread
 
-    def _run(self, kind: str) -> None:
+    def run(self) -> None:
         backoff = 1.0
-        list_call: Callable[..., Any] = self.core.list_node if kind == "nodes" else self.core.list_pod_for_all_namespaces
         while not self.stop.is_set():
             try:
-                items, resource_version = self._list(kind, list_call)
-                (self.view.replace_nodes if kind == "nodes" else self.view.replace_pods)(items)
-                self._listed[kind].set()
-                log.info("listed %s: kept %d", kind, len(items))
-                self._watch(kind, list_call, resource_version)
+                items, resource_version = self.list()
+                self.on_list(items)
+                self.listed.set()
+                log.info("listed %s: kept %d", self.kind, len(items))
+                self._watch(resource_version)
                 backoff = 1.0
-            except Exception as exc:  # the API server may be away; keep serving the last view
-                log.warning("%s watch failed (%s); retrying in %.0fs", kind, exc, backoff)
+            except Exception as exc:  # the API server may be away; keep the last state
+                log.warning("%s watch failed (%s); retrying in %.0fs", self.kind, exc, backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
-    def _list(self, kind: str, list_call: Callable[..., Any]) -> tuple[list[dict[str, Any]], str]:
-        """What the view keeps of every object, and the list's resourceVersion. Read in pages and
-        slimmed page by page: 50,000 full pods at once would be hundreds of MB, left fragmented."""
-        singular = "Node" if kind == "nodes" else "Pod"
-        kept: list[dict[str, Any]] = []
-        share = self.view.config.sharing.resource
+    def list(self) -> tuple[list[Any], str]:
+        """What `keep` keeps of every object, and the list's resourceVersion. Read in pages and
+        kept page by page: 50,000 full pods at once would be hundreds of MB, left fragmented."""
+        kept: list[Any] = []
         token = None
         while True:
-            page = orjson.loads(list_call(limit=self.page_size, _continue=token, _preload_content=False).data)
-            kept += filter(None, (slim(singular, item, share) for item in page.get("items") or []))
+            page = orjson.loads(self.list_call(limit=self.page_size, _continue=token, _preload_content=False,
+                                               **self.selectors).data)
+            kept += filter(None, map(self.keep, page.get("items") or []))
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return kept, page["metadata"]["resourceVersion"]
 
-    def _watch(self, kind: str, list_call: Callable[..., Any], resource_version: str) -> None:
-        """Apply watch events until the history is gone (410 Gone: return to re-list) or stop."""
+    def _watch(self, resource_version: str) -> None:
+        """Hand over watch events until the history is gone (410 Gone: return to re-list) or stop."""
         while not self.stop.is_set():
             try:
-                response = list_call(
+                response = self.list_call(
                     watch=True, resource_version=resource_version, allow_watch_bookmarks=True,
                     timeout_seconds=WATCH_SECONDS, _request_timeout=WATCH_SECONDS + 30, _preload_content=False,
+                    **self.selectors,
                 )
             except ApiException as exc:
                 if exc.status == 410:
-                    log.info("%s watch from resourceVersion %s expired (410 Gone): re-listing", kind, resource_version)
+                    log.info("%s watch from resourceVersion %s expired (410 Gone): re-listing", self.kind,
+                             resource_version)
                     return
                 raise
             try:
@@ -156,54 +161,78 @@ class Watcher:
                     if kind_of_event == "ERROR":
                         if obj.get("code") == 410:
                             log.info("%s watch from resourceVersion %s expired (410 Gone): re-listing",
-                                     kind, resource_version)
+                                     self.kind, resource_version)
                             return
                         raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
                     resource_version = (obj.get("metadata") or {}).get("resourceVersion", resource_version)
                     if kind_of_event != "BOOKMARK":
-                        self._apply(kind, kind_of_event, obj)
+                        self.on_event(kind_of_event, obj)
             finally:
                 response.close()
                 response.release_conn()
 
-    def _apply(self, kind: str, event: str | None, obj: dict[str, Any]) -> None:
-        if kind == "nodes":
-            if event == "DELETED":
-                self.view.remove_node((obj.get("metadata") or {}).get("name", ""))
-            else:
-                self.view.upsert_node(obj)
-        elif event == "DELETED":
+
+class Watcher:
+    """Keeps a ClusterView current from a watch of every node and every pod."""
+
+    def __init__(self, api: client.ApiClient, view: ClusterView, page_size: int = LIST_PAGE):
+        core = client.CoreV1Api(api)
+        self.view = view
+        self.stop = threading.Event()
+        share = view.config.sharing.resource
+        self.nodes, self.pods = (
+            ListWatch("nodes", core.list_node, view.replace_nodes, self._node_event,
+                      keep=partial(slim, "Node", share_resource=share), page_size=page_size, stop=self.stop),
+            ListWatch("pods", core.list_pod_for_all_namespaces, view.replace_pods, self._pod_event,
+                      keep=partial(slim, "Pod", share_resource=share), page_size=page_size, stop=self.stop),
+        )
+
+    def start(self) -> None:
+        for watch in (self.nodes, self.pods):
+            watch.start()
+        threading.Thread(target=self._mark_synced, name="watch-synced", daemon=True).start()
+
+    def _mark_synced(self) -> None:
+        for watch in (self.nodes, self.pods):
+            watch.listed.wait()
+        self.view.synced = True
+        log.info("cluster view synced")
+
+    def _node_event(self, event: str, obj: dict[str, Any]) -> None:
+        if event == "DELETED":
+            self.view.remove_node((obj.get("metadata") or {}).get("name", ""))
+        else:
+            self.view.upsert_node(obj)
+
+    def _pod_event(self, event: str, obj: dict[str, Any]) -> None:
+        if event == "DELETED":
             self.view.remove_pod(pod_key(obj))
         else:
             self.view.upsert_pod(obj)
 
 
-class KubeBinder:
-    """Binds with one API call: the Binding carries the plan and score annotations, which the API
-    server copies onto the pod as it sets spec.nodeName, so a pod is never bound without its plan.
-    The GPUPlanned Event is posted afterwards by a background thread (best effort: a lost Event is
-    a lost explanation, not a lost decision)."""
+class EventPoster:
+    """Posts Events on pods from a background thread, so that no decision waits for one (best
+    effort: a lost Event is a lost explanation, not a lost decision; at most EVENTS_QUEUED wait)."""
 
-    def __init__(self, api: client.ApiClient):
-        self.core = client.CoreV1Api(api)
+    def __init__(self, core: client.CoreV1Api, component: str, host: str | None = None):
+        self.core, self.component, self.host = core, component, host
         self._events: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=EVENTS_QUEUED)
         threading.Thread(target=self._post_events, name="events", daemon=True).start()
 
-    def bind(self, pod: dict, node: str, plan: dict[str, Any], breakdown: ScoreBreakdown) -> None:
-        meta = pod.get("metadata") or {}
-        name, namespace, uid = meta.get("name"), meta.get("namespace") or "default", meta.get("uid")
-        notes = {ann.PLAN: json.dumps(plan), ann.SCORE: json.dumps(ann.score_to_dict(breakdown))}
-        binding = {"apiVersion": "v1", "kind": "Binding",
-                   "metadata": {"name": name, "namespace": namespace, "uid": uid, "annotations": notes},
-                   "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+    def post(self, namespace: str, name: str, uid: str | None, reason: str, message: str,
+             kind: str = "Normal") -> None:
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        source = {"component": self.component} | ({"host": self.host} if self.host else {})
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": namespace, "uid": uid},
+            "reason": reason, "type": kind, "count": 1, "firstTimestamp": now, "lastTimestamp": now,
+            "message": message[:1024], "source": source,
+        }
         try:
-            _release(self.core.create_namespaced_pod_binding(name, namespace, binding, _preload_content=False))
-        except ApiException as exc:
-            raise BindError(f"API server answered {exc.status} {exc.reason}: {_message(exc)}") from None
-        except Exception as exc:  # connection refused, timeouts
-            raise BindError(f"API server unreachable: {exc}") from None
-        try:
-            self._events.put_nowait(_event(name, namespace, uid, node, breakdown))
+            self._events.put_nowait(event)
         except queue.Full:
             log.warning("event for %s/%s dropped: %d events waiting to be posted", namespace, name, EVENTS_QUEUED)
 
@@ -218,16 +247,29 @@ class KubeBinder:
                             event["involvedObject"]["name"], exc)
 
 
-def _event(name: str, namespace: str, uid: str | None, node: str, breakdown: ScoreBreakdown) -> dict[str, Any]:
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": f"{name}.", "namespace": namespace},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": namespace, "uid": uid},
-        "reason": "GPUPlanned", "type": "Normal", "count": 1, "firstTimestamp": now, "lastTimestamp": now,
-        "message": f"gpu-extender placed the pod on {node}: {breakdown.reason}"[:1024],
-        "source": {"component": "gpu-extender"},
-    }
+class KubeBinder:
+    """Binds with one API call: the Binding carries the plan and score annotations, which the API
+    server copies onto the pod as it sets spec.nodeName, so a pod is never bound without its plan.
+    The GPUPlanned Event is posted afterwards (`EventPoster`)."""
+
+    def __init__(self, api: client.ApiClient):
+        self.core = client.CoreV1Api(api)
+        self.events = EventPoster(self.core, "gpu-extender")
+
+    def bind(self, pod: dict, node: str, plan: dict[str, Any], breakdown: ScoreBreakdown) -> None:
+        meta = pod.get("metadata") or {}
+        name, namespace, uid = meta.get("name"), meta.get("namespace") or "default", meta.get("uid")
+        notes = {ann.PLAN: json.dumps(plan), ann.SCORE: json.dumps(ann.score_to_dict(breakdown))}
+        binding = {"apiVersion": "v1", "kind": "Binding",
+                   "metadata": {"name": name, "namespace": namespace, "uid": uid, "annotations": notes},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+        try:
+            _release(self.core.create_namespaced_pod_binding(name, namespace, binding, _preload_content=False))
+        except ApiException as exc:
+            raise BindError(f"API server answered {exc.status} {exc.reason}: {_message(exc)}") from None
+        except Exception as exc:  # connection refused, timeouts
+            raise BindError(f"API server unreachable: {exc}") from None
+        self.events.post(namespace, name, uid, "GPUPlanned", f"gpu-extender placed the pod on {node}: {breakdown.reason}")
 
 
 def _release(response: Any) -> None:

@@ -1,4 +1,4 @@
-"""The pre-encoded answers (extender/answers.py) say exactly what the plain per-node computation says."""
+"""The pre-encoded answers (extender/webhook/answers.py) say exactly what the plain per-node computation says."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extender.answers import UNKNOWN_NODE, Answers, filter_answer, passed_back, prioritize_answer
+from extender.webhook.answers import UNKNOWN_NODE, Answers, filter_answer, passed_back, prioritize_answer
 from scoring import policy
 from scoring.model import Plan, ScoreBreakdown
 

@@ -15,8 +15,8 @@ import pytest
 from extender import annotations as ann
 from extender import convert, snapshot
 from extender.cluster import ClusterView
-from extender import decisions
-from extender.decisions import Decider
+from extender.webhook import decisions
+from extender.webhook.decisions import Decider
 from scoring import policy
 from scoring.config import PolicyConfig
 from scoring.model import GpuSample, Plan

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from extender import dcgm
+from extender.dcgm import readings
 from tests.dcgm.harness import SAMPLE_TEXT
 
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-    return dcgm.parse(SAMPLE_TEXT, default_time=1000.0)
+    return readings.parse(SAMPLE_TEXT, default_time=1000.0)
 
 
 def test_whole_gpu_rows_use_gpu_util_and_framebuffer(reference):
@@ -42,17 +42,17 @@ def test_lowercase_labels_and_sample_timestamps():
         'DCGM_FI_DEV_GPU_UTIL{gpu="0",uuid="GPU-a",hostname="n1"} 40 1700000000000\n'
         'DCGM_FI_DEV_GPU_UTIL{gpu="1",uuid="GPU-b",hostname="n1"} 10\n'
     )
-    samples = dcgm.parse(text, default_time=5.0)
+    samples = readings.parse(text, default_time=5.0)
     assert samples["GPU-a"].util == pytest.approx(0.4) and samples["GPU-a"].at == 1_700_000_000.0
     assert samples["GPU-b"].at == 5.0
 
 
 def test_rows_without_uuid_are_skipped_and_garbage_is_an_error(tmp_path: Path):
-    assert dcgm.parse('DCGM_FI_DEV_GPU_UTIL{gpu="0"} 5\n', 0.0) == {}
-    with pytest.raises(dcgm.MetricsError, match="not Prometheus text"):
-        dcgm.parse("DCGM_FI_DEV_GPU_UTIL{gpu=0 oops\n", 0.0)
-    with pytest.raises(dcgm.MetricsError, match="cannot read"):
-        dcgm.load_dump(tmp_path / "nope.prom")
+    assert readings.parse('DCGM_FI_DEV_GPU_UTIL{gpu="0"} 5\n', 0.0) == {}
+    with pytest.raises(readings.MetricsError, match="not Prometheus text"):
+        readings.parse("DCGM_FI_DEV_GPU_UTIL{gpu=0 oops\n", 0.0)
+    with pytest.raises(readings.MetricsError, match="cannot read"):
+        readings.load_dump(tmp_path / "nope.prom")
 
 
 def test_dump_without_timestamps_is_dated_by_file_mtime(tmp_path: Path):
@@ -61,4 +61,4 @@ def test_dump_without_timestamps_is_dated_by_file_mtime(tmp_path: Path):
     import os
 
     os.utime(dump, (1234.0, 1234.0))
-    assert dcgm.load_dump(dump)["GPU-z"].at == 1234.0
+    assert readings.load_dump(dump)["GPU-z"].at == 1234.0

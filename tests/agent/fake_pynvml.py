@@ -12,6 +12,7 @@ cannot rely on a call that the tests never answer; calls before `nvmlInit` fail 
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -67,6 +68,16 @@ def _error(code: int) -> pynvml.NVMLError:
     return pynvml.NVMLError(code)
 
 
+def mig_uuid(gpu_uuid: str, start: int) -> str:
+    """The fake UUID of the MIG device in the GPU instance at `start`."""
+    return f"MIG-{gpu_uuid.removeprefix('GPU-')}-{start}"
+
+
+def _instance_address(gpu: int, start: int) -> int:
+    """A fake, non-null opaque GPU-instance handle; its low byte is the instance id."""
+    return 0x1000 * (gpu + 1) + 0x10 * start + 1
+
+
 def _pci(bus: int) -> pynvml.nvmlPciInfo_t:
     info = pynvml.nvmlPciInfo_t()
     info.domain, info.bus, info.device = 0, bus, 0
@@ -83,6 +94,12 @@ class FakePynvml:
     `p2p`: what nvmlDeviceGetP2PStatus reports over NVLink for every pair: None derives it from
     the machine, False is an NVSwitch system whose fabric manager is down (links up, no P2P),
     True a driver that reports OK whatever the wiring.
+
+    Health: GPUs whose index is in `lost` answer NVML_ERROR_GPU_IS_LOST to every device call
+    (fallen off the bus); `xid(index, code)` queues a critical-Xid event, delivered by
+    nvmlEventSetWait to event sets that GPU is registered with. MIG devices (one per GPU
+    instance, slot = its place in the GPU's instance list) have handles `(gpu, slot)` and UUIDs
+    `MIG-<GPU UUID less its prefix>-<start slice>`.
     """
 
     def __init__(self, gpus: list[FakeGpu], *, init_error: int | None = None,
@@ -94,6 +111,10 @@ class FakePynvml:
         self.calls: Counter[str] = Counter()
         self.open = 0  # nvmlInit minus nvmlShutdown
         self._instances: dict[int, tuple[int, int, int]] = {}  # handle address -> (profile id, start, size)
+        self.lost: set[int] = set()
+        self._xids: list[tuple[int, int]] = []  # (GPU index, Xid) not yet delivered
+        self._registered: set[int] = set()  # GPUs registered for Xid events
+        self._xid_lock = threading.Condition()
 
     def __getattr__(self, name: str):
         if name.startswith(("NVML_", "NVMLError", "c_nvml", "nvmlPciInfo")):
@@ -109,8 +130,24 @@ class FakePynvml:
             if self.calls[name] > ok:
                 raise _error(code)
 
-    def _gpu(self, handle: int) -> FakeGpu:
-        return self.gpus[handle]
+    def _gpu(self, handle) -> FakeGpu:
+        """The GPU of a handle: an index, a MIG device's (index, slot), or the device pointer of
+        an event (index + 1)."""
+        if isinstance(handle, tuple):
+            index = handle[0]
+        elif isinstance(handle, int):
+            index = handle
+        else:
+            index = ctypes.cast(handle, ctypes.c_void_p).value - 1
+        if index in self.lost:
+            raise _error(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return self.gpus[index]
+
+    def xid(self, index: int, code: int) -> None:
+        """Queue a critical-Xid event on GPU `index`."""
+        with self._xid_lock:
+            self._xids.append((index, code))
+            self._xid_lock.notify_all()
 
     # --- library ---
 
@@ -136,9 +173,21 @@ class FakePynvml:
             raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return index
 
-    def nvmlDeviceGetUUID(self, handle: int) -> str:
+    def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> int:
+        self._enter("nvmlDeviceGetHandleByUUID")
+        uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+        for index, gpu in enumerate(self.gpus):
+            if gpu.uuid == uuid:
+                self._gpu(index)
+                return index
+        raise _error(pynvml.NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceGetUUID(self, handle: int | tuple[int, int]) -> str:
         self._enter("nvmlDeviceGetUUID")
-        return self._gpu(handle).uuid
+        gpu = self._gpu(handle)
+        if isinstance(handle, tuple):
+            return mig_uuid(gpu.uuid, gpu.instances[handle[1]][1])
+        return gpu.uuid
 
     def nvmlDeviceGetName(self, handle: int) -> str:
         self._enter("nvmlDeviceGetName")
@@ -248,11 +297,62 @@ class FakePynvml:
         if len(found) > len(instances):
             raise _error(pynvml.NVML_ERROR_INSUFFICIENT_SIZE)
         for slot, start in enumerate(found):
-            address = 0x1000 * (handle + 1) + 0x10 * start + 1  # a fake, non-null opaque handle
+            address = _instance_address(handle, start)
             self._instances[address] = (profile_id, start, _MEMORY_SLICES[profile_id])
             instances[slot] = ctypes.cast(ctypes.c_void_p(address), pynvml.c_nvmlGpuInstance_t)
         count_ref._obj.value = len(found)
         return pynvml.NVML_SUCCESS
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: int) -> int:
+        self._enter("nvmlDeviceGetMaxMigDeviceCount")
+        return 7 if self._gpu(handle).mig else 0
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: int, slot: int) -> tuple[int, int]:
+        self._enter("nvmlDeviceGetMigDeviceHandleByIndex")
+        gpu = self._gpu(handle)
+        if not gpu.mig or slot >= 7:
+            raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if slot >= len(gpu.instances):
+            raise _error(pynvml.NVML_ERROR_NOT_FOUND)
+        return (handle, slot)
+
+    def nvmlDeviceGetGpuInstanceId(self, handle: tuple[int, int]) -> int:
+        """The GPU-instance id nvmlGpuInstanceGetInfo reports for the instance the MIG device is in."""
+        self._enter("nvmlDeviceGetGpuInstanceId")
+        gpu = self._gpu(handle)
+        if not isinstance(handle, tuple):
+            raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return _instance_address(handle[0], gpu.instances[handle[1]][1]) & 0xFF
+
+    # --- events ---
+
+    def nvmlEventSetCreate(self) -> str:
+        self._enter("nvmlEventSetCreate")
+        return "event-set"
+
+    def nvmlEventSetFree(self, event_set: str) -> None:
+        self._enter("nvmlEventSetFree")
+
+    def nvmlDeviceRegisterEvents(self, handle: int, types: int, event_set: str) -> None:
+        self._enter("nvmlDeviceRegisterEvents")
+        self._gpu(handle)
+        if types & ~pynvml.nvmlEventTypeXidCriticalError:
+            raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        self._registered.add(handle)
+
+    def nvmlEventSetWait(self, event_set: str, timeout_ms: int) -> pynvml.c_nvmlEventData_t:
+        self._enter("nvmlEventSetWait")
+        with self._xid_lock:
+            ready = self._xid_lock.wait_for(
+                lambda: any(i in self._registered for i, _ in self._xids), timeout_ms / 1000)
+            if not ready:
+                raise _error(pynvml.NVML_ERROR_TIMEOUT)
+            index, code = next(e for e in self._xids if e[0] in self._registered)
+            self._xids.remove((index, code))
+        data = pynvml.c_nvmlEventData_t()
+        data.device = ctypes.cast(ctypes.c_void_p(index + 1), pynvml.c_nvmlDevice_t)
+        data.eventType, data.eventData = pynvml.nvmlEventTypeXidCriticalError, code
+        return data
 
     def nvmlGpuInstanceGetInfo(self, instance) -> pynvml.c_nvmlGpuInstanceInfo_t:
         self._enter("nvmlGpuInstanceGetInfo")

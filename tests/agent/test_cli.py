@@ -36,7 +36,7 @@ def no_api_server(monkeypatch):
 
 
 def use(monkeypatch, fake) -> None:
-    monkeypatch.setattr("extender.nvml.pynvml", fake)
+    monkeypatch.setattr("extender.node.nvml.pynvml", fake)
 
 
 def test_once_print_prints_the_inventory_and_never_calls_the_api_server(monkeypatch, no_api_server, tmp_path):

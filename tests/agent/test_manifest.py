@@ -47,6 +47,6 @@ def test_the_daemonset_flags_are_accepted_and_keep_the_heartbeat_fresh(monkeypat
     args = CONTAINER["args"]
     flags = dict(arg.removeprefix("--").split("=", 1) for arg in args[1:])
     assert float(flags["heartbeat-seconds"]) + float(flags["interval"]) <= PolicyConfig().agent.max_age_seconds / 2
-    monkeypatch.setattr("extender.nvml.pynvml", machines.pcie_only())
+    monkeypatch.setattr("extender.node.nvml.pynvml", machines.pcie_only())
     result = CliRunner().invoke(app, [*args, "--print"])
     assert args[0] == "agent" and result.exit_code == 0, result.output

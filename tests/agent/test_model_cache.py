@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from extender import agent
-from extender.agent import CacheError, scan_model_cache
+from extender.node import model_cache
+from extender.node.model_cache import CacheError, scan_model_cache
 
 
 def write(path: Path, size: int) -> None:
@@ -62,7 +62,7 @@ def test_a_folder_that_cannot_be_read_is_skipped_whole(cache: Path, monkeypatch,
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(agent.os, "scandir", scandir)
+    monkeypatch.setattr(model_cache.os, "scandir", scandir)
     assert scan_model_cache(cache) == {"meta-llama/Llama-3.1-8B-Instruct": 307, "Qwen/Qwen2.5-7B-Instruct": 158}
     assert "Llama-3.1-70B-Instruct" in caplog.text and "gpt2" in caplog.text and "Permission denied" in caplog.text
 
@@ -92,6 +92,6 @@ def test_a_missing_cache_is_empty_and_an_unlistable_one_fails(tmp_path: Path, mo
     def scandir(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(agent.os, "scandir", scandir)
+    monkeypatch.setattr(model_cache.os, "scandir", scandir)
     with pytest.raises(CacheError, match="Permission denied"):
         scan_model_cache(tmp_path)

@@ -12,8 +12,9 @@ import pytest
 
 from extender import annotations as ann
 from extender import convert
-from extender.agent import Agent, scan
-from extender.nvml import ScanError, read_inventory
+from extender.node.agent import Agent
+from extender.node.inventory import scan
+from extender.node.nvml import ScanError, read_inventory
 from scoring.config import PolicyConfig
 from tests.agent import machines
 from tests.agent.fake_core import FakeCore

@@ -30,7 +30,7 @@ def cache_like_the_real_run(root: Path) -> Path:
 
 def test_the_fake_single_h100_vm_prints_what_the_real_one_did(monkeypatch, tmp_path):
     real = json.loads((REAL / "h100-vm-agent-print.json").read_text())
-    monkeypatch.setattr("extender.nvml.pynvml", machines.h100_single_vm())
+    monkeypatch.setattr("extender.node.nvml.pynvml", machines.h100_single_vm())
     result = runner.invoke(app, ["agent", "--once", "--print", "--model-cache-dir",
                                  str(cache_like_the_real_run(tmp_path))])
     assert result.exit_code == 0, result.output

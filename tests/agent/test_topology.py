@@ -14,8 +14,9 @@ import pytest
 
 from extender import annotations as ann
 from extender import convert
-from extender import nvml
-from extender.agent import Agent, inventory_annotations, scan
+from extender.node import nvml
+from extender.node.agent import Agent
+from extender.node.inventory import inventory_annotations, scan
 from scoring import mig_catalog
 from scoring.config import PolicyConfig
 from scoring.model import GpuNode, MigInstance

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from extender import annotations as ann
 from extender.cluster import ClusterView
-from extender.dcgm_refresh import DcgmMetrics
+from extender.dcgm.refresh import DcgmMetrics
 from scoring import utilization
 from scoring.config import PolicyConfig
 from scoring.model import Plan, SignalResult

@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
-from extender.dcgm_refresh import PrometheusSource, Refresher, ScrapeSource
-from extender.dcgm_discovery import Endpoint
+from extender.dcgm.refresh import PrometheusSource, Refresher, ScrapeSource
+from extender.dcgm.discovery import Endpoint
 from scoring.model import NEUTRAL
 from tests.dcgm.conftest import STALE_BY, Counted, gpu_view, utilization_of
 from tests.dcgm.harness import Exporter, node_uuid

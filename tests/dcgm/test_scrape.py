@@ -11,11 +11,11 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from extender import dcgm
-from extender.app import SnapshotBinder, create_app
+from extender.dcgm import readings
+from extender.webhook.app import SnapshotBinder, create_app
 from extender.cluster import ClusterView
-from extender.dcgm_discovery import DiscoveryError, Endpoint
-from extender.dcgm_refresh import GRACE, Failure, FailureLog, Refresher, Round, ScrapeSource
+from extender.dcgm.discovery import DiscoveryError, Endpoint
+from extender.dcgm.refresh import GRACE, Failure, FailureLog, Refresher, Round, ScrapeSource
 from scoring.config import PolicyConfig
 from scoring.model import NEUTRAL
 from tests.dcgm.conftest import Counted, gpu_view, utilization_of
@@ -52,7 +52,7 @@ def test_every_exporter_is_read_in_both_label_spellings(fleet):
     result = refresh.refresh()
     assert result.failures == [] and result.missing == [] and len(result.reached) == 2
     for node, lowercase in (("node-a", False), ("node-b", True)):
-        expected = dcgm.parse(node_text(node, lowercase), default_time=0.0)
+        expected = readings.parse(node_text(node, lowercase), default_time=0.0)
         for uuid, sample in expected.items():
             got = view.samples[uuid]
             assert (got.util, got.fb_used_mib, got.fb_free_mib) == (sample.util, sample.fb_used_mib, sample.fb_free_mib)

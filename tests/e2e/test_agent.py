@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from extender import annotations as ann
 from extender import convert, kube
-from extender.agent import Agent, rfc3339, scan
+from extender.node.agent import Agent, rfc3339
+from extender.node.inventory import scan
 from extender.cli import app
 from scoring.config import PolicyConfig
 from tests.agent import machines
@@ -125,7 +126,7 @@ def test_the_running_loop_renews_the_heartbeat(plane, agent_identity):
 def test_the_cli_publishes_once_as_the_agent_service_account(plane, agent_identity, monkeypatch):
     kubeconfig, _ = agent_identity
     gpu_node(plane, "agent-cli")
-    monkeypatch.setattr("extender.nvml.pynvml", machines.hgx_h100(mig={0: [("7g.80gb", 0)]}))
+    monkeypatch.setattr("extender.node.nvml.pynvml", machines.hgx_h100(mig={0: [("7g.80gb", 0)]}))
     result = CliRunner().invoke(app, ["agent", "--once", "--node-name", "agent-cli", "--kubeconfig", str(kubeconfig)])
     assert result.exit_code == 0, result.output
     read = convert.gpu_node(node_json(plane, "agent-cli"), [], time.time(), PolicyConfig())

@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 
 from extender import kube
-from extender.dcgm_discovery import Endpoint, PodEndpoints, ServiceEndpoints
+from extender.dcgm.discovery import Endpoint, PodEndpoints, ServiceEndpoints
 from tests.dcgm.harness import Exporter, Prometheus, busy_text, dated
 from tests.e2e.conftest import Extender, Stack, nvlink_node, wait_bound, wait_until
 

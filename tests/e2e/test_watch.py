@@ -82,7 +82,7 @@ def test_after_an_api_server_restart_old_watches_meet_410_and_the_view_recovers(
         done = threading.Event()
 
         def expired_watch():
-            watcher._watch("pods", watcher.core.list_pod_for_all_namespaces, old)
+            watcher.pods._watch(old)
             done.set()
 
         with caplog.at_level(logging.INFO, logger="gpu_extender.kube"):

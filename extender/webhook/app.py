@@ -17,11 +17,12 @@ from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.registry import Collector
 
-from extender import convert, wire
-from extender.answers import Answers, filter_answer, passed_back, prioritize_answer
+from extender import convert
+from extender.webhook import wire
+from extender.webhook.answers import Answers, filter_answer, passed_back, prioritize_answer
 from extender.cluster import ClusterView
-from extender.decisions import Decider, Decision
-from extender.preemption import victims_for
+from extender.webhook.decisions import Decider, Decision
+from extender.webhook.preemption import victims_for
 from scoring.model import PodRequest, ScoreBreakdown
 
 log = logging.getLogger("gpu_extender")
@@ -88,7 +89,7 @@ def _fresh_gpus(view: ClusterView) -> int:
 def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector] = (),
                best_only: bool = True) -> FastAPI:
     """The webhook. `best_only`: filter passes only the feasible nodes of the top score
-    (extender/answers.py says why the pod still lands among the same nodes); false: every feasible
+    (extender/webhook/answers.py says why the pod still lands among the same nodes); false: every feasible
     node."""
     app = FastAPI(title="gpu-extender", docs_url=None, redoc_url=None, openapi_url=None)
     decider = Decider(view, background=True)

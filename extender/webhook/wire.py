@@ -24,7 +24,7 @@ class ExtenderArgs(msgspec.Struct):
 
 class PrioritizeArgs(msgspec.Struct):
     """ExtenderArgs as prioritize reads them: `NodeNames` kept as its JSON bytes, decoded only when
-    they are not the list filter answered with (extender/answers.py `passed_back`)."""
+    they are not the list filter answered with (extender/webhook/answers.py `passed_back`)."""
 
     Pod: Obj
     Nodes: Obj | None = None
@@ -105,7 +105,7 @@ def encode(value: Any) -> bytes:
 
 
 # Answers assembled from pre-encoded pieces. Filter and prioritize at thousands of nodes are
-# dominated by per-node work; extender/answers.py keeps each node's piece with its breakdown and
+# dominated by per-node work; extender/webhook/answers.py keeps each node's piece with its breakdown and
 # joins them here (bytes.join over pieces runs at C speed).
 
 

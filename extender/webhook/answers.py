@@ -40,7 +40,7 @@ from itertools import compress, repeat
 from operator import attrgetter, is_not, not_
 from typing import Any
 
-from extender import wire
+from extender.webhook import wire
 from scoring import policy
 from scoring.model import ScoreBreakdown
 

@@ -52,9 +52,9 @@ import urllib3
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
 
-from extender import dcgm
+from extender.dcgm import readings
 from extender.cluster import ClusterView
-from extender.dcgm_discovery import DiscoveryError, Endpoint, PodEndpoints, ServiceEndpoints
+from extender.dcgm.discovery import DiscoveryError, Endpoint, PodEndpoints, ServiceEndpoints
 from scoring.model import GpuSample
 
 log = logging.getLogger("gpu_extender.dcgm")
@@ -66,9 +66,9 @@ CHUNK = 1 << 16
 GRACE = 0.25  # seconds a round waits beyond the timeout for reads that are just finishing
 REPEAT_SECONDS = 300.0
 LINES_PER_ROUND = 20
-VALUES_QUERY = '{__name__=~"%s"}' % "|".join(dcgm.METRIC_NAMES)
-TIMES_QUERY = " or ".join(f'label_replace(timestamp({name}), "{dcgm.TIME_LABEL}", "{name}", "", "")'
-                          for name in dcgm.METRIC_NAMES)
+VALUES_QUERY = '{__name__=~"%s"}' % "|".join(readings.METRIC_NAMES)
+TIMES_QUERY = " or ".join(f'label_replace(timestamp({name}), "{readings.TIME_LABEL}", "{name}", "", "")'
+                          for name in readings.METRIC_NAMES)
 """Each series' sample time, its metric name in TIME_LABEL. `timestamp()` must take the selector
 itself: applied to a function's result it returns the evaluation time."""
 
@@ -152,7 +152,7 @@ class ScrapeSource:
         self.session = http_session(concurrency)
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="dcgm-scrape")
         self._endpoints: list[Endpoint] = []
-        self._good: dict[str, dcgm.Reading] = {}  # url -> last good reading
+        self._good: dict[str, readings.Reading] = {}  # url -> last good reading
         self._running: dict[str, Future] = {}  # url -> its latest read
 
     def __str__(self) -> str:
@@ -191,16 +191,16 @@ class ScrapeSource:
         result.missing = sorted(node for node in gpu_nodes if node not in with_exporter)
         return result
 
-    def _read(self, url: str) -> dcgm.Reading:
+    def _read(self, url: str) -> readings.Reading:
         body = fetch(self.session, url, self.timeout)
         try:
-            reading = dcgm.read_text(body.decode("utf-8"), time.time())
+            reading = readings.read_text(body.decode("utf-8"), time.time())
         except UnicodeDecodeError:
             raise ReadFailure(GARBAGE, "not UTF-8 text") from None
-        except dcgm.MetricsError as exc:
+        except readings.MetricsError as exc:
             raise ReadFailure(GARBAGE, str(exc)) from None
         if not reading.samples:
-            raise ReadFailure(GARBAGE, f"no row of {', '.join(dcgm.METRIC_NAMES[:4])} names a GPU UUID")
+            raise ReadFailure(GARBAGE, f"no row of {', '.join(readings.METRIC_NAMES[:4])} names a GPU UUID")
         return reading
 
     def close(self) -> None:
@@ -218,7 +218,7 @@ class PrometheusSource:
     def __init__(self, url: str, timeout: float):
         self.url, self.timeout = url.rstrip("/"), timeout
         self.session = http_session(1)
-        self._last = dcgm.Reading()
+        self._last = readings.Reading()
 
     def __str__(self) -> str:
         return f"Prometheus at {self.url}"
@@ -226,10 +226,10 @@ class PrometheusSource:
     def collect(self, gpu_nodes: Mapping[str, Collection[str]]) -> Round:
         at = time.time()
         try:
-            reading = dcgm.read_query_results(self._query(VALUES_QUERY, at), self._query(TIMES_QUERY, at))
+            reading = readings.read_query_results(self._query(VALUES_QUERY, at), self._query(TIMES_QUERY, at))
         except ReadFailure as failure:
             return Round(dict(self._last.samples), failures=[Failure(str(self), failure.reason, failure.detail)])
-        except dcgm.MetricsError as exc:
+        except readings.MetricsError as exc:
             return Round(dict(self._last.samples), failures=[Failure(str(self), GARBAGE, str(exc))])
         self._last = reading
         returned = reading.samples.keys()

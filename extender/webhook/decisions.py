@@ -3,7 +3,7 @@
 A breakdown depends on the pod's request shape, the node's model, the DCGM samples, the time at
 which the node's freshest sample ages past the TTL, the model's spread and the target workload of
 the fragmentation signal (ClusterView's `target`). For each request shape the Decider keeps the
-Answers it computed (extender/answers.py); nodes ClusterView reports rebuilt (`changes_since`) are
+Answers it computed (extender/webhook/answers.py); nodes ClusterView reports rebuilt (`changes_since`) are
 scored again, and every node when the samples, the target workload's revision or the spread change
 or a sample ages out. A request then costs C-speed look-ups per candidate; only changed nodes are
 scored. In the server, scoring every node again (hundreds of milliseconds at 5,000 nodes, at each
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from extender import convert
-from extender.answers import Answers, NodeAnswer
+from extender.webhook.answers import Answers, NodeAnswer
 from extender.cluster import ClusterView
 from extender.report import report
 from extender.shapes import Target

@@ -1,5 +1,6 @@
-"""The only module that calls NVML (`pynvml`, from nvidia-ml-py): this node's GPUs and how they
-are wired, as plain data. Interpreting the links (who is NVLinked to whom) is `extender.agent`'s.
+"""The only module that calls NVML (`pynvml`, from nvidia-ml-py): this node's GPUs, their MIG
+devices and how they are wired, as plain data, and whether each GPU is still healthy. Interpreting
+the links (who is NVLinked to whom) is `extender.node.topology`'s.
 
 `read_inventory()` opens NVML, reads everything and closes it again, so every scan sees the driver
 as it is now (a reset GPU or a reloaded driver does not leave stale handles behind).
@@ -13,6 +14,7 @@ NVML answers that mean "not there" rather than "failed", and so are not errors:
 - `nvmlDeviceGetGpuInstanceProfileInfo`: NOT_SUPPORTED or INVALID_ARGUMENT: the GPU does not offer
   that GPU-instance profile.
 - `nvmlDeviceGetP2PStatus`: NOT_SUPPORTED: no peer-to-peer over NVLink between the two.
+- `nvmlDeviceGetMigDeviceHandleByIndex`: NOT_FOUND: no MIG device in that slot.
 Any other error stops the scan with `ScanError`: a half-read inventory is never returned.
 """
 
@@ -20,8 +22,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -63,11 +66,13 @@ class Link:
 @dataclass(frozen=True, slots=True)
 class GpuInstance:
     """A MIG GPU instance: its profile name as NVML gives it, less the "MIG " prefix (`3g.40gb`),
-    and its placement in memory slices."""
+    its placement in memory slices, and the UUIDs (`MIG-…`) of the MIG devices (one per compute
+    instance) that a container can be given."""
 
     profile: str
     start: int
     size: int
+    device_uuids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +206,7 @@ class _Reader:
         nv = self.nv
         what = f"GPU {index} MIG"
         seen: set[int] = set()
-        found = []
+        found: dict[int, GpuInstance] = {}  # GPU-instance id -> instance
         for profile in range(nv.NVML_GPU_INSTANCE_PROFILE_COUNT):
             info = self.call(nv.nvmlDeviceGetGpuInstanceProfileInfo, handle, profile, what=what,
                              absent=(nv.NVML_ERROR_NOT_SUPPORTED, nv.NVML_ERROR_INVALID_ARGUMENT))
@@ -216,6 +221,120 @@ class _Reader:
             self.call(nv.nvmlDeviceGetGpuInstances, handle, info.id, handles, ctypes.byref(count),
                       what=f"{what} profile {name}", denied_hint=MIG_MONITOR_HINT)
             for instance in handles[: count.value]:
-                placement = self.call(nv.nvmlGpuInstanceGetInfo, instance, what=f"{what} profile {name}").placement
-                found.append(GpuInstance(name, int(placement.start), int(placement.size)))
-        return tuple(sorted(found, key=lambda gi: gi.start))
+                info = self.call(nv.nvmlGpuInstanceGetInfo, instance, what=f"{what} profile {name}")
+                found[int(info.id)] = GpuInstance(name, int(info.placement.start), int(info.placement.size))
+        devices = self.mig_devices(index, handle)
+        return tuple(sorted((replace(gi, device_uuids=devices.get(gid, ())) for gid, gi in found.items()),
+                            key=lambda gi: gi.start))
+
+    def mig_devices(self, index: int, handle: Any) -> dict[int, tuple[str, ...]]:
+        """GPU-instance id -> UUIDs of its MIG devices, in NVML's slot order."""
+        nv = self.nv
+        what = f"GPU {index} MIG devices"
+        devices: dict[int, tuple[str, ...]] = {}
+        for slot in range(self.call(nv.nvmlDeviceGetMaxMigDeviceCount, handle, what=what)):
+            mig = self.call(nv.nvmlDeviceGetMigDeviceHandleByIndex, handle, slot, what=f"{what} slot {slot}",
+                            absent=(nv.NVML_ERROR_NOT_FOUND,), denied_hint=MIG_MONITOR_HINT)
+            if mig is None:
+                continue
+            instance = self.call(nv.nvmlDeviceGetGpuInstanceId, mig, what=f"{what} slot {slot}")
+            uuid = self.call(nv.nvmlDeviceGetUUID, mig, what=f"{what} slot {slot}")
+            devices[int(instance)] = devices.get(int(instance), ()) + (uuid,)
+        return devices
+
+
+# --- health -------------------------------------------------------------------------------------
+
+# Xids that an application causes (a bad kernel, a page fault, a context torn down) and that leave
+# the GPU usable for the next container; every other Xid NVML reports as critical marks the GPU
+# unhealthy. NVIDIA's own device plugin skips the same six by default.
+APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
+XID_QUIET_SECONDS = 300.0  # a GPU stays unhealthy this long after its last fatal Xid, then NVML decides
+
+
+class HealthMonitor:
+    """Which GPUs (by UUID) are unhealthy, and why.
+
+    A GPU is unhealthy while NVML cannot read it (its handle by UUID or its memory figures fail:
+    fallen off the bus, lost, driver gone) and for `xid_quiet` seconds after NVML reported a
+    critical Xid on it that is not in APPLICATION_XIDS. It is healthy again when both have
+    passed. NVML stays open from `open()` to `close()`; `check()` and `wait_xid()` may run in
+    different threads (NVML is thread-safe).
+    """
+
+    def __init__(self, uuids: list[str], lib: Any = None, *, xid_quiet: float = XID_QUIET_SECONDS,
+                 clock: Callable[[], float] | None = None):
+        self.nv = pynvml if lib is None else lib
+        self.uuids = list(uuids)
+        self.xid_quiet = xid_quiet
+        self.clock = clock or time.monotonic
+        self._xids: dict[str, tuple[int, float]] = {}  # uuid -> (last fatal Xid, when)
+        self._events: Any = None
+
+    def open(self) -> list[str]:
+        """Start NVML and listen for Xid events; returns notes for the log (GPUs without Xid events).
+        Raises NvmlUnavailable when NVML cannot start."""
+        nv = self.nv
+        try:
+            nv.nvmlInit()
+        except nv.NVMLError as exc:
+            raise NvmlUnavailable(f"NVML cannot start: {exc}") from None
+        notes = []
+        try:
+            self._events = nv.nvmlEventSetCreate()
+        except nv.NVMLError as exc:
+            return [f"no NVML event set ({exc}): health from NVML reads only, no Xid events"]
+        for uuid in self.uuids:
+            try:
+                handle = nv.nvmlDeviceGetHandleByUUID(uuid)
+                nv.nvmlDeviceRegisterEvents(handle, nv.nvmlEventTypeXidCriticalError, self._events)
+            except nv.NVMLError as exc:
+                notes.append(f"GPU {uuid}: no Xid events ({exc}); health from NVML reads only")
+        return notes
+
+    def close(self) -> None:
+        nv = self.nv
+        try:
+            if self._events is not None:
+                nv.nvmlEventSetFree(self._events)
+            nv.nvmlShutdown()
+        except nv.NVMLError as exc:
+            log.warning("closing NVML: %s", exc)
+        self._events = None
+
+    def wait_xid(self, timeout_ms: int) -> str | None:
+        """Wait up to `timeout_ms` for one Xid event; returns a line for the log when one came."""
+        nv = self.nv
+        if self._events is None:
+            return None
+        try:
+            data = nv.nvmlEventSetWait(self._events, timeout_ms)
+        except nv.NVMLError as exc:
+            if exc.value != nv.NVML_ERROR_TIMEOUT:
+                return f"waiting for Xid events failed: {exc}"
+            return None
+        xid = int(data.eventData)
+        try:
+            uuid = nv.nvmlDeviceGetUUID(data.device)
+        except nv.NVMLError as exc:
+            return f"Xid {xid} on a GPU NVML cannot name ({exc})"
+        if xid in APPLICATION_XIDS:
+            return f"GPU {uuid}: Xid {xid} (caused by an application; the GPU stays healthy)"
+        self._xids[uuid] = (xid, self.clock())
+        return f"GPU {uuid}: fatal Xid {xid}: unhealthy for at least {self.xid_quiet:g}s"
+
+    def check(self) -> dict[str, str]:
+        """UUID -> why, for each unhealthy GPU."""
+        nv = self.nv
+        now = self.clock()
+        sick = {}
+        for uuid in self.uuids:
+            try:
+                nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByUUID(uuid))
+            except nv.NVMLError as exc:
+                sick[uuid] = f"NVML cannot read it ({exc})"
+                continue
+            xid = self._xids.get(uuid)
+            if xid is not None and now - xid[1] < self.xid_quiet:
+                sick[uuid] = f"fatal Xid {xid[0]} {now - xid[1]:.0f}s ago"
+        return sick
