@@ -24,6 +24,9 @@ TOPOLOGY = f"{ANNOTATION_PREFIX}/gpu-topology"
 MIG_LAYOUT = f"{ANNOTATION_PREFIX}/mig-layout"
 MODEL_CACHE = f"{ANNOTATION_PREFIX}/model-cache"
 HEARTBEAT = f"{ANNOTATION_PREFIX}/heartbeat"
+ALLOCATIONS = f"{ANNOTATION_PREFIX}/allocations"  # the devices the kubelet really allocated, per pod
+# Node label, set by the cluster's admin: the node agent serves its device plugin here
+DEVICE_PLUGIN_LABEL = f"{ANNOTATION_PREFIX}/device-plugin"  # "true"
 
 
 def plan_to_dict(plan: Plan, node: GpuNode) -> dict[str, Any]:

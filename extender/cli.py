@@ -108,10 +108,11 @@ def serve(
             view = ClusterView(cfg)
             for dump in metrics or []:
                 view.set_samples({**view.samples, **readings.load_dump(dump)})
+            binder = kube.KubeBinder(api)
+            view.mismatch_listeners.append(binder.report_mismatch)
             kube.Watcher(api, view).start()
             if live_dcgm.live:
                 collectors = dcgm_refresh.start(view, live_dcgm.source(api), live_dcgm.interval)
-            binder = kube.KubeBinder(api)
     except policy_config.ConfigError as exc:
         raise fail(f"{config}: {exc}") from None
     except (snapshot.FileError, readings.MetricsError) as exc:
@@ -159,6 +160,12 @@ def score(
         raise fail(str(exc)) from None
 
 
+class PluginMode(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 @app.command()
 def agent(
     node_name: Annotated[
@@ -178,16 +185,50 @@ def agent(
     print_only: Annotated[
         bool, typer.Option("--print", help="Print the inventory as JSON and exit; never contacts the API server.")
     ] = False,
+    print_devices: Annotated[bool, typer.Option(
+        "--print-devices", help="Print what the device plugin would advertise and answer, as JSON, and exit; "
+                                "never contacts the API server or the kubelet.")] = False,
+    device_plugin: Annotated[PluginMode, typer.Option(
+        help="Serve the device plugin: on, off, or auto (while the Node has the label gpu-extender.io/device-plugin=true).")
+    ] = PluginMode.auto,
+    device_plugin_dir: Annotated[Path, typer.Option(
+        help="The kubelet's device-plugin directory (its kubelet.sock and our sockets).")
+    ] = Path("/var/lib/kubelet/device-plugins"),
+    pod_resources_socket: Annotated[Path, typer.Option(
+        help="The kubelet's PodResources socket.")] = Path("/var/lib/kubelet/pod-resources/kubelet.sock"),
+    read_back: Annotated[bool, typer.Option(
+        "--read-back/--no-read-back",
+        help="Publish what the kubelet really allocated (PodResources) as the Node's allocations annotation.")] = True,
+    read_back_interval: Annotated[float, typer.Option(min=0.1, help="Seconds between PodResources reads.")] = 2.0,
+    share_resource: Annotated[str, typer.Option(
+        help="The GPU-share resource the plugin advertises (1000 per GPU not in MIG mode); '' shares no GPU.")
+    ] = "gpu-extender.io/gpu-milli",
+    cdi: Annotated[bool, typer.Option(
+        "--cdi/--no-cdi", help="Also name each container's GPUs as CDI devices (nvidia.com/gpu=<UUID>).")] = False,
+    mps_pipe_directory: Annotated[Optional[str], typer.Option(
+        help="The node's CUDA MPS pipe directory: mounted into share containers, so MPS caps hold.")] = None,
+    health_interval: Annotated[float, typer.Option(min=0.1, help="Seconds between GPU health checks.")] = 5.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Node agent: publish this node's GPUs, NVLink topology, MIG layout and model cache as annotations.
+    """Node agent: publish this node's GPUs, NVLink topology, MIG layout and model cache as annotations;
+    serve the device plugin where the node opts in; publish what the kubelet really allocated.
 
     Exit status: 0 done; 2 bad arguments or no credentials; 3 no NVIDIA driver; 4 --once/--print failed.
     """
     from extender.node import agent as node_agent
+    from extender.node.deviceplugin import Options
+    from extender.node.kubelet import KubeletOptions
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not read_back and device_plugin is not PluginMode.off:
+        raise fail("--no-read-back needs --device-plugin off: the device plugin learns what the kubelet holds "
+                   "from the read-back")
+    kubelet = KubeletOptions(device_plugin.value, device_plugin_dir, pod_resources_socket, share_resource or None,
+                             Options(cdi, mps_pipe_directory), health_interval, read_back_interval)
+    if print_devices:
+        raise typer.Exit(node_agent.print_devices(kubelet))
     raise typer.Exit(node_agent.main(
         node=node_name, kubeconfig=kubeconfig, cache_dir=model_cache_dir, interval=interval,
         heartbeat_seconds=heartbeat_seconds, once=once, print_only=print_only,
+        kubelet=kubelet if read_back else None,
     ))

@@ -57,6 +57,10 @@ class ClusterView:
         # name -> (node, the agent data expiry it was built with; node_without may renew a base first)
         self._built: dict[str, tuple[GpuNode, float]] = {}
         self._bases: dict[str, tuple[GpuNode, float]] = {}  # name -> (node without pods, agent data expiry)
+        self._actual: dict[str, dict[str, Plan]] = {}  # node -> pod -> devices the kubelet really allocated
+        self._mismatched: dict[str, str] = {}  # pod (namespace/name) -> how its devices differ from its plan
+        self.mismatch_listeners: list[Callable[[Obj, str, str], None]] = []  # (pod, node, what differs)
+        self.mismatches_reported = 0
         self._next_expiry = float("inf")
         self._changes: list[str] = []  # names of rebuilt nodes, oldest first
         self._changes_base = 0  # sequence number of _changes[0]
@@ -147,6 +151,7 @@ class ClusterView:
         with self._lock:
             self._raw_nodes.pop(name, None)
             self._bases.pop(name, None)
+            self._actual.pop(name, None)
             self._rebuild(name)
 
     def upsert_pod(self, pod: Obj) -> None:
@@ -157,6 +162,8 @@ class ClusterView:
 
     def remove_pod(self, key: str) -> None:
         with self._lock:
+            if (old := self._pods.get(key)) is not None:
+                self._mismatched.pop(convert.name_of(old), None)
             for name in self._drop_pod(key):
                 self._rebuild(name)
             self._shapes.publish()
@@ -218,7 +225,8 @@ class ClusterView:
             if name not in self._raw_nodes:
                 return None
             base, _ = self._base(name, self.now())
-            return convert.with_usage(base, self._holders(name, set(pod_keys)), self.config.sharing.resource)
+            return convert.with_usage(base, self._holders(name, set(pod_keys)), self.config.sharing.resource,
+                                      self._actual.get(name))
 
     def pod(self, key: str) -> Obj | None:
         return self._pods.get(key)
@@ -261,7 +269,11 @@ class ClusterView:
         if name not in self._raw_nodes:
             return None
         base, expires = self._base(name, self.now())
-        node = convert.with_usage(base, self._holders(name, set()), self.config.sharing.resource)
+        holders = self._holders(name, set())
+        actual = self._actual.get(name)
+        node = convert.with_usage(base, holders, self.config.sharing.resource, actual)
+        if actual:
+            self._report_mismatches(name, holders, actual)
         self._built[name] = (node, expires)
         self._next_expiry = min(self._next_expiry, expires)
         for model, size in node.model_cache.items():
@@ -279,12 +291,28 @@ class ClusterView:
             return cached
         raw = self._raw_nodes[name]
         base = convert.node_base(raw, now, self.config)
+        self._actual[name] = convert.allocations(raw, now, self.config)
         beat = convert.heartbeat(raw)
         expires = beat + self.config.agent.max_age_seconds if beat is not None else float("inf")
         if expires <= now:
             expires = float("inf")  # already degraded: nothing more to age out
         self._bases[name] = (base, expires)
         return base, expires
+
+    def mismatch_count(self) -> int:
+        """Pods whose devices, as the kubelet reports them, differ from their plan."""
+        return len(self._mismatched)
+
+    def _report_mismatches(self, node: str, holders: list[Obj], actual: Mapping[str, Plan]) -> None:
+        """Tell the listeners once about each pod on `node` whose devices differ from its plan."""
+        for key, message in convert.mismatches(node, holders, actual).items():
+            if self._mismatched.get(key) == message:
+                continue
+            self._mismatched[key] = message
+            self.mismatches_reported += 1
+            pod = next(p for p in holders if convert.name_of(p) == key)
+            for listener in self.mismatch_listeners:
+                listener(pod, node, message)
 
     def _holders(self, name: str, excluded: set[str]) -> list[Obj]:
         """Pods bound to the node plus plans assumed onto it, less `excluded` keys."""

@@ -378,8 +378,27 @@ def _topology(data: Mapping[str, Any]) -> tuple[tuple[Gpu, ...], Matrix, Matrix]
     return gpus, matrices[0], matrices[1]
 
 
-def with_usage(node: GpuNode, pods: Iterable[Mapping[str, Any]], share_resource: str) -> GpuNode:
-    """`node` (a `node_base`) with what `pods`, bound or assumed onto it, hold."""
+def allocations(node: Mapping[str, Any], as_of: float, config: PolicyConfig) -> dict[str, Plan]:
+    """What the kubelet really allocated to each pod (namespace/name) on the node, as the agent read
+    it back (`gpu-extender.io/allocations`, extender/node/podresources.py); empty when the agent's
+    data is missing, older than agent.maxAgeSeconds or unreadable (the plans count then)."""
+    meta = node.get("metadata") or {}
+    value = (meta.get("annotations") or {}).get(ann.ALLOCATIONS)
+    beat = heartbeat(node)
+    if not value or beat is None or as_of - beat > config.agent.max_age_seconds:
+        return {}
+    try:
+        data = json.loads(value)
+        return {str(pod): ann.plan_from_dict({**entry, "node": meta.get("name")})[1] for pod, entry in data.items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
+
+
+def with_usage(node: GpuNode, pods: Iterable[Mapping[str, Any]], share_resource: str,
+               actual: Mapping[str, Plan] | None = None) -> GpuNode:
+    """`node` (a `node_base`) with what `pods`, bound or assumed onto it, hold: the devices the
+    kubelet really allocated to a pod where `actual` (namespace/name -> devices) has it, else its
+    plan."""
     held_gpus: set[int] = set()
     held_mig: set[MigSlot] = set()
     shared: Counter[int] = Counter()
@@ -396,7 +415,9 @@ def with_usage(node: GpuNode, pods: Iterable[Mapping[str, Any]], share_resource:
             continue
         if not resources:
             continue
-        plan = _plan_of(pod, node.name, notes)
+        plan = actual.get(name_of(pod)) if actual else None
+        if plan is None:
+            plan = _plan_of(pod, node.name, notes)
         planned: Counter[str] = Counter()
         if plan is not None:
             held_gpus.update(plan.gpus)
@@ -413,6 +434,34 @@ def with_usage(node: GpuNode, pods: Iterable[Mapping[str, Any]], share_resource:
                 unplanned[resource] += n - planned[resource]
     usage = Usage(frozenset(held_gpus), frozenset(held_mig), dict(unplanned), dict(shared))
     return replace(node, usage=usage, notes=tuple(notes))
+
+
+def mismatches(node_name: str, pods: Iterable[Mapping[str, Any]], actual: Mapping[str, Plan]) -> dict[str, str]:
+    """Pod (namespace/name) -> what differs, for each pod whose plan for this node names other
+    devices than the kubelet really allocated."""
+    found = {}
+    for pod in pods:
+        key = name_of(pod)
+        got = actual.get(key)
+        planned = _plan_of(pod, node_name, []) if got is not None else None
+        if planned is None or got is None or _devices(planned) == _devices(got):
+            continue
+        found[key] = f"planned {describe(planned)}, the kubelet allocated {describe(got)}"
+    return found
+
+
+def _devices(plan: Plan) -> tuple[frozenset[int], frozenset[MigSlot], tuple[int, int] | None]:
+    share = (plan.share.gpu, plan.share.milli) if plan.share else None
+    return frozenset(plan.gpus), frozenset(plan.mig), share
+
+
+def describe(plan: Plan) -> str:
+    """A plan's devices in words: `GPUs 4,5,6,7`, `MIG 3g.40gb on GPU 0 at slice 4`, `250/1000 of GPU 1`."""
+    parts = [f"GPU{'s' if len(plan.gpus) > 1 else ''} {','.join(map(str, sorted(plan.gpus)))}"] if plan.gpus else []
+    parts += [f"MIG {s.profile} on GPU {s.gpu} at slice {s.start}" for s in sorted(plan.mig, key=lambda s: (s.gpu, s.start))]
+    if plan.share is not None:
+        parts.append(f"{plan.share.milli}/{MILLI_PER_GPU} of GPU {plan.share.gpu}")
+    return ", ".join(parts) or "no GPU devices"
 
 
 def _plan_of(pod: Mapping[str, Any], node_name: str, notes: list[str]) -> Plan | None:

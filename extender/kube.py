@@ -271,6 +271,14 @@ class KubeBinder:
             raise BindError(f"API server unreachable: {exc}") from None
         self.events.post(namespace, name, uid, "GPUPlanned", f"gpu-extender placed the pod on {node}: {breakdown.reason}")
 
+    def report_mismatch(self, pod: dict[str, Any], node: str, what: str) -> None:
+        """A pod holds other devices than its plan named (the node's read-back says so)."""
+        meta = pod.get("metadata") or {}
+        name, namespace = meta.get("name"), meta.get("namespace") or "default"
+        log.warning("pod %s/%s on %s: %s; counting what the kubelet allocated", namespace, name, node, what)
+        self.events.post(namespace, str(name), meta.get("uid"), "GPUAllocationMismatch",
+                         f"on {node}: {what}; gpu-extender counts what the kubelet allocated", kind="Warning")
+
 
 def _release(response: Any) -> None:
     """Give an unread response's connection back to the pool. Unread (`_preload_content=False`),

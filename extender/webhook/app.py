@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from extender import convert
@@ -77,8 +78,25 @@ class Metrics:
                          "Pod shapes answering from older DCGM samples or target workload until rescored.",
                          registry=self.registry)
         outdated.set_function(decider.outdated)
+        mismatched = Gauge("gpu_extender_allocation_mismatches",
+                           "Pods whose devices, as the kubelet reports them, differ from their plan.",
+                           registry=self.registry)
+        mismatched.set_function(view.mismatch_count)
+        self.registry.register(_MismatchesSeen(view))
         for collector in collectors:
             self.registry.register(collector)
+
+
+class _MismatchesSeen(Collector):
+    """gpu_extender_allocation_mismatches_total: counted by the view from its first read-back on."""
+
+    def __init__(self, view: ClusterView):
+        self.view = view
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        yield CounterMetricFamily("gpu_extender_allocation_mismatches",
+                                  "Pods found holding other devices than planned (each reported once).",
+                                  value=self.view.mismatches_reported)
 
 
 def _fresh_gpus(view: ClusterView) -> int:

@@ -9,15 +9,17 @@ from kubernetes.client.exceptions import ApiException
 
 
 class FakeCore:
-    def __init__(self, name: str, annotations: dict[str, str] | None = None):
+    def __init__(self, name: str, annotations: dict[str, str] | None = None, labels: dict[str, str] | None = None):
         self.name = name
         self.annotations = dict(annotations or {})
+        self.labels = dict(labels or {})
         self.patches: list[dict[str, Any]] = []  # the annotations of every merge patch, in order
         self.down = False  # answer every call with 503
 
     def read_node(self, name: str, **_: Any) -> SimpleNamespace:
         self._check(name)
-        return SimpleNamespace(metadata=SimpleNamespace(name=name, annotations=dict(self.annotations) or None))
+        return SimpleNamespace(metadata=SimpleNamespace(name=name, annotations=dict(self.annotations) or None,
+                                                        labels=dict(self.labels) or None))
 
     def patch_node(self, name: str, body: dict[str, Any], **kwargs: Any) -> None:
         self._check(name)

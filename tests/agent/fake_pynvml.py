@@ -117,7 +117,7 @@ class FakePynvml:
         self._xid_lock = threading.Condition()
 
     def __getattr__(self, name: str):
-        if name.startswith(("NVML_", "NVMLError", "c_nvml", "nvmlPciInfo")):
+        if name.startswith(("NVML_", "NVMLError", "c_nvml", "nvmlPciInfo", "nvmlEventType")):
             return getattr(pynvml, name)
         raise AttributeError(f"the fake pynvml does not model {name}")
 
