@@ -124,14 +124,14 @@ class ListWatch:
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
-    def list(self) -> tuple[list[Any], str]:
+    def list(self, timeout: float | None = None) -> tuple[list[Any], str]:
         """What `keep` keeps of every object, and the list's resourceVersion. Read in pages and
         kept page by page: 50,000 full pods at once would be hundreds of MB, left fragmented."""
         kept: list[Any] = []
         token = None
         while True:
             page = orjson.loads(self.list_call(limit=self.page_size, _continue=token, _preload_content=False,
-                                               **self.selectors).data)
+                                               _request_timeout=timeout, **self.selectors).data)
             kept += filter(None, map(self.keep, page.get("items") or []))
             token = (page.get("metadata") or {}).get("continue")
             if not token:

@@ -7,7 +7,10 @@ containers in order (init containers first), one resource at a time. So the pod 
 taken to be
 
     the oldest pod bound to this node whose next container still without devices of the resource
-    asks for exactly that many, and whose plan's devices for it are all still available.
+    asks for exactly that many, and whose plan's devices for it are all still available
+
+(creation times have whole seconds: pods of one second go in the order the agent's watch saw them
+bound, which is the order the kubelet's own watch sees them).
 
 No lock is held in bind and nothing waits: the plan is on the pod when the kubelet sees it (the
 Binding carries it). When the kubelet meets two pods of one shape in another order than their
@@ -51,10 +54,11 @@ class PodOnNode:
 
     key: str  # namespace/name, as the kubelet's PodResources API names pods
     uid: str
-    created: str  # RFC 3339: sorts in time order
+    created: str  # RFC 3339: sorts in time order, to the second
     containers: tuple[Container, ...]  # the kubelet's order: init containers, then containers
     plan: Plan | None
     problem: str = ""
+    seen: int = 0  # the order this node's watch saw pods bound: the kubelet's, within one second
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +114,7 @@ class Admissions:
 
     def set_pods(self, pods: Iterable[PodOnNode]) -> None:
         """The pods bound to this node and not finished, oldest first."""
-        ordered = sorted(pods, key=lambda p: (p.created, p.key))
+        ordered = sorted(pods, key=lambda p: (p.created, p.seen, p.key))
         with self._lock:
             self._pods = ordered
 

@@ -63,8 +63,9 @@ class DevicePlugin:
     """Every resource's server, their registration, and what ListAndWatch streams send."""
 
     def __init__(self, directory: Path, catalog: Catalog, admissions: Admissions, options: Options = Options(),
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, refresh: Callable[[], None] | None = None):
         self.directory = directory
+        self.refresh = refresh  # re-reads the node's pods when no planned pod matches (the kubelet saw it first)
         self.catalog = catalog
         self.admissions = admissions
         self.options = options
@@ -160,15 +161,19 @@ class DevicePlugin:
             yield api.ListAndWatchResponse(devices=self.devices(resource))
 
     def prefer(self, resource: str, request: Any) -> api.ContainerPreferredAllocationResponse:
-        choice = self.admissions.prefer(
-            Request(resource, frozenset(request.available_deviceIDs), tuple(request.must_include_deviceIDs),
-                    int(request.allocation_size)), self.clock())
+        asked = Request(resource, frozenset(request.available_deviceIDs), tuple(request.must_include_deviceIDs),
+                        int(request.allocation_size))
+        choice = self.admissions.prefer(asked, self.clock())
+        if choice.pod is None and self.refresh is not None:
+            self.refresh()
+            choice = self.admissions.prefer(asked, self.clock())
         log.info("%s x%d: preferring %s: %s", resource, request.allocation_size, _short(choice.ids), choice.reason)
         return api.ContainerPreferredAllocationResponse(deviceIDs=list(choice.ids))
 
     def allocate(self, resource: str, request: Any) -> api.ContainerAllocateResponse:
         """Raises Refused."""
         devices = self.admissions.allocate(resource, list(request.devices_ids), self.clock())
+        devices.sort(key=lambda d: (d.gpu, d.mig.start if d.mig else 0, d.id))  # CUDA's order: the GPUs' own
         answer = container.for_devices(devices, share=resource == self.catalog.share_resource, cdi=self.options.cdi,
                                        mps_pipe_directory=self.options.mps_pipe_directory)
         log.info("%s: allocated %s", resource, _short([d.id for d in devices]))

@@ -38,6 +38,7 @@ from extender.node.pods import NodePods
 log = logging.getLogger("gpu_extender.agent")
 PLUGIN_LABEL = ann.DEVICE_PLUGIN_LABEL
 TICK = 1.0  # seconds between checks that the kubelet still knows our servers
+RELIST_TIMEOUT = 2.0  # seconds an admission may wait for a fresh list of the node's pods
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,8 @@ class KubeletSide:
         assert catalog is not None and admissions is not None
         log.info("node %s: device plugin on: %s in %s", self.node, ", ".join(catalog.resources()) or "no resources",
                  self.options.device_plugin_dir)
-        self.plugin = DevicePlugin(self.options.device_plugin_dir, catalog, admissions, self.options.plugin, self.clock)
+        self.plugin = DevicePlugin(self.options.device_plugin_dir, catalog, admissions, self.options.plugin, self.clock,
+                                   self._relist_pods)
         self._pods = NodePods(self.node, catalog, admissions.set_pods, self._report)
         self._pod_watch = ListWatch(f"pods on {self.node}", self.core.list_pod_for_all_namespaces,
                                     self._pods.replace, self._pods.event, field_selector=f"spec.nodeName={self.node}")
@@ -196,6 +198,17 @@ class KubeletSide:
         self._stop_health()
         self.plugin.stop()
         self.plugin, self._pods, self._pod_watch = None, None, None
+
+    def _relist_pods(self) -> None:
+        """The pods of this node from a fresh list (at most RELIST_TIMEOUT): the kubelet may admit a
+        pod before the watch brings it here."""
+        pods, watch = self._pods, self._pod_watch
+        if pods is None or watch is None:
+            return
+        try:
+            pods.replace(watch.list(timeout=RELIST_TIMEOUT)[0])
+        except Exception as exc:  # the API server may be away: admit with what the watch has
+            log.warning("node %s: cannot list its pods (%s): admitting with what the watch has", self.node, exc)
 
     def _start_health(self, catalog: Catalog) -> None:
         self._stop_health()

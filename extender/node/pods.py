@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,9 +29,9 @@ Obj = Mapping[str, Any]
 Report = Callable[[Obj, str, str], None]  # (pod, reason, message)
 
 
-def pod_on_node(pod: Obj, node: str, catalog: Catalog) -> tuple[PodOnNode, str, str]:
-    """The pod as admission sees it, and (reason, message) of the Event its plan deserves, or
-    ("", "") when it needs none."""
+def pod_on_node(pod: Obj, node: str, catalog: Catalog, seen: int = 0) -> tuple[PodOnNode, str, str]:
+    """The pod as admission sees it (`seen`: when this node first saw it bound, in watch order),
+    and (reason, message) of the Event its plan deserves, or ("", "") when it needs none."""
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     share = catalog.share_resource or ""
@@ -43,7 +44,7 @@ def pod_on_node(pod: Obj, node: str, catalog: Catalog) -> tuple[PodOnNode, str, 
     if any(c.wants for c in containers):
         plan, reason, message = _usable_plan(meta.get("annotations") or {}, node, catalog, spec)
     on_node = PodOnNode(key, str(meta.get("uid") or ""), str(meta.get("creationTimestamp") or ""), containers,
-                        plan, message)
+                        plan, message, seen)
     return on_node, reason, message
 
 
@@ -102,32 +103,42 @@ class NodePods:
         self.node, self.catalog = node, catalog
         self.on_change, self.report = on_change, report
         self._pods: dict[str, Obj] = {}  # uid -> pod
+        self._seen: dict[str, int] = {}  # uid -> when first seen, in watch order
         self._reported: set[str] = set()
+        self._lock = threading.Lock()  # the watch and an admission's fresh list both write
 
     def set_catalog(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-        self._publish()
+        with self._lock:
+            self.catalog = catalog
+            self._publish()
 
     def replace(self, pods: list[Obj]) -> None:
-        self._pods = {str((p.get("metadata") or {}).get("uid")): p for p in pods}
-        self._reported &= set(self._pods)
-        self._publish()
+        with self._lock:
+            self._pods = {str((p.get("metadata") or {}).get("uid")): p for p in pods}
+            for uid in self._pods:
+                self._seen.setdefault(uid, len(self._seen))
+            self._seen = {uid: n for uid, n in self._seen.items() if uid in self._pods}
+            self._reported &= set(self._pods)
+            self._publish()
 
     def event(self, kind: str, pod: Obj) -> None:
         uid = str((pod.get("metadata") or {}).get("uid"))
-        if kind == "DELETED" or (pod.get("status") or {}).get("phase") in convert.FINISHED_PHASES:
-            self._pods.pop(uid, None)
-            self._reported.discard(uid)
-        else:
-            self._pods[uid] = pod
-        self._publish()
+        with self._lock:
+            if kind == "DELETED" or (pod.get("status") or {}).get("phase") in convert.FINISHED_PHASES:
+                self._pods.pop(uid, None)
+                self._seen.pop(uid, None)
+                self._reported.discard(uid)
+            else:
+                self._pods[uid] = pod
+                self._seen.setdefault(uid, max(self._seen.values(), default=-1) + 1)
+            self._publish()
 
     def _publish(self) -> None:
         admitted = []
         for uid, pod in list(self._pods.items()):
             if (pod.get("status") or {}).get("phase") in convert.FINISHED_PHASES:
                 continue
-            on_node, reason, message = pod_on_node(pod, self.node, self.catalog)
+            on_node, reason, message = pod_on_node(pod, self.node, self.catalog, self._seen.get(uid, 0))
             admitted.append(on_node)
             if reason and uid not in self._reported:
                 self._reported.add(uid)

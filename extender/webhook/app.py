@@ -78,7 +78,7 @@ class Metrics:
                          "Pod shapes answering from older DCGM samples or target workload until rescored.",
                          registry=self.registry)
         outdated.set_function(decider.outdated)
-        mismatched = Gauge("gpu_extender_allocation_mismatches",
+        mismatched = Gauge("gpu_extender_allocation_mismatched_pods",
                            "Pods whose devices, as the kubelet reports them, differ from their plan.",
                            registry=self.registry)
         mismatched.set_function(view.mismatch_count)

@@ -110,3 +110,26 @@ def test_publishing_without_credentials_says_so_and_exits_2(monkeypatch, tmp_pat
     result = runner.invoke(app, ["agent", "--once", "--node-name", "n1", "--kubeconfig", str(tmp_path / "absent")])
     assert result.exit_code == 2
     assert len(result.stderr.splitlines()) == 1 and "cannot reach the cluster" in result.stderr
+
+
+def test_print_devices_shows_what_the_plugin_advertises_and_an_allocate_answer(monkeypatch, no_api_server):
+    fake = machines.hgx_h100(mig={0: [("3g.40gb", 0), ("3g.40gb", 4)]})
+    # The scan reads each GPU's memory once, the health check once more: GPUs 5-7 fail the second.
+    fake.fail["nvmlDeviceGetMemoryInfo"] = (8 + 5, pynvml.NVML_ERROR_GPU_IS_LOST)
+    use(monkeypatch, fake)
+    result = runner.invoke(app, ["agent", "--print-devices", "--cdi"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["unhealthy"] == {machines.uuid("h100", i): "NVML cannot read it (GPU is lost)" for i in (5, 6, 7)}
+    resources = printed["resources"]
+    assert {r: resources[r]["devices"] for r in resources} == {
+        "gpu-extender.io/gpu-milli": 7000, "nvidia.com/gpu": 7, "nvidia.com/mig-3g.40gb": 2}
+    share = resources["gpu-extender.io/gpu-milli"]["allocate"]
+    assert share["devices"] == 250 and share["envs"]["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"
+    assert resources["nvidia.com/gpu"]["allocate"]["cdiDevices"] == [f"nvidia.com/gpu={machines.uuid('h100', 1)}"]
+
+
+def test_the_device_plugin_needs_the_read_back(monkeypatch, no_api_server):
+    use(monkeypatch, machines.pcie_only())
+    result = runner.invoke(app, ["agent", "--node-name", "n", "--no-read-back"])
+    assert result.exit_code == 2 and "--no-read-back needs --device-plugin off" in result.output

@@ -19,27 +19,32 @@ POD = DOCS["DaemonSet"]["spec"]["template"]["spec"]
 (CONTAINER,) = POD["containers"]
 
 
-def test_the_service_account_may_get_and_patch_nodes_only():
+def test_the_service_account_may_patch_nodes_read_pods_and_post_events_only():
     account = DOCS["ServiceAccount"]["metadata"]
     assert (account["name"], account["namespace"]) == ("gpu-extender-agent", "kube-system")
-    assert DOCS["ClusterRole"]["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+    assert DOCS["ClusterRole"]["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+                                            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+                                            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
     binding = DOCS["ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == DOCS["ClusterRole"]["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", **account}]
     assert POD["serviceAccountName"] == account["name"]
 
 
-def test_the_daemonset_runs_on_gpu_nodes_with_its_node_name_and_a_read_only_cache():
+def test_the_daemonset_runs_on_gpu_nodes_with_its_node_name_the_cache_and_the_kubelet_sockets():
     terms = POD["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}]}]
     env = {e["name"]: e for e in CONTAINER["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-    (mount,) = CONTAINER["volumeMounts"]
-    assert mount["readOnly"] is True
-    (volume,) = POD["volumes"]
-    assert volume["name"] == mount["name"] and "hostPath" in volume
-    assert f"--model-cache-dir={mount['mountPath']}" in CONTAINER["args"]
-    assert POD["securityContext"]["runAsNonRoot"] is True and CONTAINER["securityContext"]["readOnlyRootFilesystem"]
+    mounts = {m["name"]: m for m in CONTAINER["volumeMounts"]}
+    volumes = {v["name"]: v["hostPath"]["path"] for v in POD["volumes"]}
+    assert mounts["model-cache"]["readOnly"] is True
+    assert f"--model-cache-dir={mounts['model-cache']['mountPath']}" in CONTAINER["args"]
+    for name, flag in (("device-plugins", "--device-plugin-dir"), ("pod-resources", "--pod-resources-socket")):
+        assert volumes[name] == mounts[name]["mountPath"]  # the kubelet's own paths, unchanged inside
+        assert any(a.startswith(f"{flag}={volumes[name]}") for a in CONTAINER["args"])
+    assert CONTAINER["securityContext"]["readOnlyRootFilesystem"]
+    assert CONTAINER["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
     assert "nvidia.com/gpu" not in CONTAINER["resources"].get("limits", {})  # takes no GPU from workloads
 
 

@@ -142,10 +142,14 @@ def test_the_cli_publishes_once_as_the_agent_service_account(plane, agent_identi
     ("get", "nodes", "", True), ("patch", "nodes", "", True),
     ("update", "nodes", "", False), ("list", "nodes", "", False), ("watch", "nodes", "", False),
     ("delete", "nodes", "", False), ("create", "nodes", "", False), ("patch", "nodes", "status", False),
+    ("get", "pods", "", True), ("list", "pods", "", True), ("watch", "pods", "", True),
+    ("create", "events", "", True),
     ("get", "secrets", "", False), ("list", "secrets", "", False), ("delete", "pods", "", False),
-    ("create", "pods", "", False), ("get", "pods", "", False), ("get", "configmaps", "", False),
+    ("create", "pods", "", False), ("patch", "pods", "", False), ("update", "pods", "", False),
+    ("patch", "pods", "status", False), ("create", "pods", "binding", False), ("create", "pods", "eviction", False),
+    ("get", "configmaps", "", False), ("patch", "events", "", False), ("delete", "events", "", False),
 ])
-def test_the_agent_service_account_can_get_and_patch_nodes_and_nothing_more(
+def test_the_agent_service_account_may_patch_nodes_read_pods_and_post_events_and_nothing_more(
         plane, agent_identity, verb, resource, subresource, allowed):
     review = client.AuthorizationV1Api(plane.api).create_subject_access_review({
         "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
