@@ -1,7 +1,7 @@
 """Bind latency of the live extender against a real API server, and the same at another revision
 of the code, in one run.
 
-    python benchmarks/bind_latency.py [--nodes 100] [--binds 200] [--rounds 3] [--compare REF]
+    python benchmarks/bind_latency.py [--nodes 160] [--binds 200] [--rounds 3] [--compare REF]
 
 One control plane (the e2e suite's, shipped RBAC), NODES 8-GPU nodes with the agent's NVLink
 topology, one-GPU batch pods created without a scheduler. Each round starts `gpu-extender serve`
@@ -67,12 +67,13 @@ def binds(plane: ControlPlane, http: httpx.Client, names: list[str], node_names:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--nodes", type=int, default=100)
+    parser.add_argument("--nodes", type=int, default=160)
     parser.add_argument("--binds", type=int, default=200, help="binds per revision and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compare", help="a git revision to measure in the same run (a worktree of it)")
     args = parser.parse_args()
-    assert args.binds * args.rounds <= args.nodes * 8, "every pod needs a free GPU"
+    revisions = 2 if args.compare else 1
+    assert args.binds * args.rounds * revisions <= args.nodes * 8, "every pod needs a free GPU: more --nodes"
     with tempfile.TemporaryDirectory(prefix="bind-bench-") as tmp:
         work = Path(tmp)
         sources = {"this checkout": ROOT}

@@ -127,6 +127,7 @@ def main() -> None:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="kubelet-bench-", dir="/tmp") as tmp:
         work = Path(tmp)
+        (work / "stack").mkdir()
         stack = Stack(work / "stack")
         nodes: list[KubeletNode] = []
         helpers: list = []

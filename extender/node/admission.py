@@ -34,7 +34,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from extender.node.devices import Catalog, Device
+from extender.node.devices import SHARE_SEPARATOR, Catalog, Device
 from scoring.model import GPU_RESOURCE, MigSlot, Plan, mig_resource
 
 RECORD_MARGIN = 5.0  # seconds an Allocate is trusted over a PodResources answer that began before it
@@ -200,17 +200,16 @@ class Admissions:
         """GPU indices held whole, and GPU indices holding shares."""
         whole: set[int] = set()
         shared: set[int] = set()
-        share = self.catalog.share_resource
+        catalog = self.catalog
         groups = [entry.ids.items() for entry in self._held.values()]
         groups.append([(resource, ids) for _, resource, ids in self._unowned])
         for items in groups:
             for resource, ids in items:
-                if resource not in (GPU_RESOURCE, share):
-                    continue
-                for device_id in ids:
-                    device = self.catalog.device(resource, device_id)
-                    if device is not None:
-                        (whole if resource == GPU_RESOURCE else shared).add(device.gpu)
+                if resource == GPU_RESOURCE:
+                    whole.update(d.gpu for i in ids if (d := catalog.device(resource, i)) is not None)
+                elif resource == catalog.share_resource:  # a thousand units a GPU: by their GPU's UUID
+                    uuids = {i.rpartition(SHARE_SEPARATOR)[0] for i in ids}
+                    shared.update(catalog.whole[u].index for u in uuids if u in catalog.whole)
         return whole, shared
 
     def _waiting_plans(self) -> list[Plan]:
@@ -243,7 +242,9 @@ class Admissions:
         if resource == catalog.share_resource:
             if plan.share is None or plan.share.gpu in whole:
                 return None
-            units = sorted(i for i in offered if (d := catalog.device(resource, i)) and d.gpu == plan.share.gpu)
+            gpu = catalog.by_index.get(plan.share.gpu)
+            prefix = f"{gpu.uuid}{SHARE_SEPARATOR}" if gpu is not None else "\0"
+            units = sorted(i for i in offered if i.startswith(prefix))
             return tuple(units[: request.size]) if len(units) >= request.size else None
         if resource == GPU_RESOURCE:
             if set(plan.gpus) & shared:

@@ -55,6 +55,19 @@ class Catalog:
                 uuid = gi.device_uuids[0]
                 self.mig[uuid] = Device(uuid, mig_resource(gi.profile), device.index, device.uuid, device.memory_mib,
                                         MigSlot(device.index, gi.profile, gi.start))
+        # Every advertised device by resource and ID, made once: the kubelet's calls name
+        # thousands of share units, each looked up several times.
+        self._devices: dict[str, dict[str, Device]] = {}
+        for mig in self.mig.values():
+            self._devices.setdefault(mig.resource, {})[mig.id] = mig
+        for gpu in self.whole.values():
+            self._devices.setdefault(GPU_RESOURCE, {})[gpu.uuid] = Device(gpu.uuid, GPU_RESOURCE, gpu.index, gpu.uuid,
+                                                                          gpu.memory_mib)
+            if share_resource:
+                units = self._devices.setdefault(share_resource, {})
+                for k in range(MILLI_PER_GPU):
+                    unit = share_id(gpu.uuid, k)
+                    units[unit] = Device(unit, share_resource, gpu.index, gpu.uuid, gpu.memory_mib)
 
     def resources(self) -> list[str]:
         """Every resource with at least one device, sorted."""
@@ -78,27 +91,19 @@ class Catalog:
 
     def device(self, resource: str, device_id: str) -> Device | None:
         """What `device_id` of `resource` stands for; None when this node has no such device."""
-        if resource == GPU_RESOURCE:
-            gpu = self.whole.get(device_id.partition(SHARE_SEPARATOR)[0])
-            return None if gpu is None else Device(device_id, resource, gpu.index, gpu.uuid, gpu.memory_mib)
-        if resource == self.share_resource:
-            uuid, sep, unit = device_id.rpartition(SHARE_SEPARATOR)
-            gpu = self.whole.get(uuid)
-            if gpu is None or not sep or not unit.isdigit() or int(unit) >= MILLI_PER_GPU:
-                return None
-            return Device(device_id, resource, gpu.index, gpu.uuid, gpu.memory_mib)
-        found = self.mig.get(device_id)
-        return found if found is not None and found.resource == resource else None
+        return self._devices.get(resource, {}).get(device_id)
 
     def identify(self, resource: str, device_id: str) -> Device | None:
         """`device` for an ID another device plugin may have given: also a GPU by its index
-        (NVIDIA's `index` ID strategy), and a MIG device as `nvidia.com/gpu` (its single strategy)."""
+        (NVIDIA's `index` ID strategy) or as a time-slicing replica `<UUID>::<n>`, and a MIG
+        device as `nvidia.com/gpu` (its single strategy)."""
         device = self.device(resource, device_id)
         if device is not None or resource != GPU_RESOURCE:
             return device
         if device_id in self.mig:
             return self.mig[device_id]
-        gpu = self.by_index.get(int(device_id)) if device_id.isdigit() else None
+        gpu = self.by_index.get(int(device_id)) if device_id.isdigit() else self.whole.get(
+            device_id.partition(SHARE_SEPARATOR)[0])
         if gpu is not None and not gpu.mig_enabled:
             return Device(device_id, resource, gpu.index, gpu.uuid, gpu.memory_mib)
         return None

@@ -111,7 +111,7 @@ class KubeletNode:
         for sock in (self.cri_socket, self.pod_resources_socket, self.device_plugin_dir / "kubelet.sock"):
             assert len(str(sock)) < 100, f"{sock}: too long for a unix socket path; use a shorter work dir"
         for d in (self.root_dir, self.device_plugin_dir, work / "pod-logs", work / "volume-plugins",
-                  work / "sysctl"):
+                  work / "sysctl", work / "cwd"):
             d.mkdir(parents=True, exist_ok=True)
         self.record_file.touch()
         self._cgroups_before = _kubepods_cgroups()
@@ -129,7 +129,8 @@ class KubeletNode:
     def _popen(self, cmd: list[str], log: Path) -> subprocess.Popen:
         # setpriv: SIGKILL when the starting thread (the test run) dies, so nothing is left behind.
         with log.open("a") as out:
-            return subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--", *cmd], cwd=self.work,
+            # An empty working directory: what the kubelet removes by relative paths stays there.
+            return subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--", *cmd], cwd=self.work / "cwd",
                                     stdout=out, stderr=subprocess.STDOUT)
 
     def _start_fake_cri(self) -> None:

@@ -122,10 +122,15 @@ def test_bound_pod_runs_and_its_container_is_recorded(plane, start_node):
     assert token["host_path"] in mounts_under(node.work, in_kubelet_namespace(node, "cat", "/proc/self/mountinfo"))
     assert mounts_under(node.work, Path("/proc/self/mountinfo").read_text()) == []
 
-    # A real kubelet finishes a graceful deletion: the pod goes away.
+    # A real kubelet finishes a graceful deletion: the pod goes away, and removing its
+    # container's logs (by the log path the runtime reports) removes nothing of the harness.
+    files = sorted(p.name for p in node.work.iterdir())
     plane.core.delete_namespaced_pod("app", "kubelet-pods")
     wait_until(lambda: not [p for p in plane.core.list_namespaced_pod("kubelet-pods").items
                             if p.metadata.uid == pod.metadata.uid], "the kubelet to finish deleting the pod", 60)
+    wait_until(lambda: not node.containers_of(pod.metadata.uid) or not any(
+        (node.root_dir / "pods" / pod.metadata.uid).glob("*")), "the kubelet to clean up the pod", 60)
+    assert sorted(p.name for p in node.work.iterdir()) == files
 
     node.stop()
     assert node.leftovers == []

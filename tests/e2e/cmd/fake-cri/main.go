@@ -14,6 +14,7 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -59,12 +60,28 @@ type mount struct {
 	Readonly      bool   `json:"readonly"`
 }
 
-// recorder is the fake runtime with CreateContainer wrapped; every other CRI call is
-// the embedded fake's own.
+// recorder is the fake runtime with CreateContainer and ContainerStatus wrapped; every
+// other CRI call is the embedded fake's own.
 type recorder struct {
 	*fake.RemoteRuntime
-	mu  sync.Mutex
-	out *os.File
+	mu       sync.Mutex
+	out      *os.File
+	logPaths map[string]string // container ID -> its log file, as a real runtime reports it
+}
+
+// ContainerStatus reports each container's log path (the sandbox's log directory joined
+// with the container's), as real runtimes do. The stock fake reports none, and the
+// kubelet, cleaning up a removed container's logs, then deletes whatever matches "*"
+// in its working directory.
+func (r *recorder) ContainerStatus(ctx context.Context, req *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {
+	resp, err := r.RemoteRuntime.ContainerStatus(ctx, req)
+	if err != nil || resp.GetStatus() == nil {
+		return resp, err
+	}
+	r.mu.Lock()
+	resp.Status.LogPath = r.logPaths[req.ContainerId]
+	r.mu.Unlock()
+	return resp, nil
 }
 
 func (r *recorder) CreateContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
@@ -73,6 +90,9 @@ func (r *recorder) CreateContainer(ctx context.Context, req *runtimeapi.CreateCo
 		return nil, err
 	}
 	config, pod := req.GetConfig(), req.GetSandboxConfig().GetMetadata()
+	r.mu.Lock()
+	r.logPaths[resp.ContainerId] = filepath.Join(req.GetSandboxConfig().GetLogDirectory(), config.GetLogPath())
+	r.mu.Unlock()
 	rec := record{
 		Time:         time.Now().UTC().Format(time.RFC3339Nano),
 		ContainerID:  resp.ContainerId,
@@ -173,7 +193,7 @@ func main() {
 		log.Fatalf("fake-cri: listen on %s: %v", *endpoint, err)
 	}
 	server := grpc.NewServer()
-	rec := &recorder{RemoteRuntime: runtime, out: out}
+	rec := &recorder{RemoteRuntime: runtime, out: out, logPaths: map[string]string{}}
 	runtimeapi.RegisterRuntimeServiceServer(server, rec)
 	runtimeapi.RegisterImageServiceServer(server, rec)
 
