@@ -45,6 +45,7 @@ HEALTHY, UNHEALTHY = "Healthy", "Unhealthy"
 WORKERS = 4  # per resource: one ListAndWatch stream and the kubelet's calls, which come one at a time
 REGISTER_TIMEOUT = 10.0
 WATCH_WAKE = 1.0  # seconds between checks that a ListAndWatch stream is still wanted
+SOCKET_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path) on Linux, the terminating NUL included
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,9 @@ class DevicePlugin:
 
     def _serve(self, resource: str) -> None:
         path = self.directory / socket_name(resource)
+        if len(str(path).encode()) >= SOCKET_PATH_MAX:
+            raise ValueError(f"{path}: a unix socket path has at most {SOCKET_PATH_MAX - 1} bytes; "
+                             "use a shorter --device-plugin-dir")
         path.unlink(missing_ok=True)
         server = grpc.server(ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix=f"plugin-{resource}"))
         api_grpc.add_DevicePluginServicer_to_server(_Servicer(self, resource), server)

@@ -69,6 +69,7 @@ class KubeletSide:
         self._health_stop = threading.Event()
         self._published: str | None = None  # the allocations annotation as last published
         self._read_back_failing = False
+        self._next_health = self._next_read = 0.0  # when each is due (clock seconds)
         self._want_plugin = options.device_plugin == "on"
         self._lock = threading.RLock()
         self._reader = podresources.PodResources(options.pod_resources_socket)
@@ -112,24 +113,36 @@ class KubeletSide:
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Every TICK: the plugin started, stopped or re-registered as needed; health and
-        read-back at their intervals."""
-        next_health = next_read = 0.0
+        """`tick` every TICK seconds until `stop`; then the plugin's servers stop. A tick that fails
+        (a socket path the kernel refuses, say) is logged and tried again, never the end of it."""
+        failing = ""
         while not stop.is_set():
-            now = self.clock()
-            with self._lock:
-                if self.catalog is not None:
-                    self._plugin_on_or_off()
-                    if self.plugin is not None:
-                        self.plugin.sync()
-                        if now >= next_health and self._health is not None:
-                            self.plugin.set_health(self._health.check())
-                            next_health = now + self.options.health_interval
-            if now >= next_read and self.catalog is not None:
-                self.read_back()
-                next_read = now + self.options.read_back_interval
+            try:
+                self.tick()
+                failing = ""
+            except Exception as exc:
+                if str(exc) != failing:
+                    log.exception("node %s: the device plugin or read-back failed; trying again every %gs",
+                                  self.node, TICK)
+                    failing = str(exc)
             stop.wait(TICK)
         self.shutdown()
+
+    def tick(self) -> None:
+        """The plugin started, stopped or registered again as needed; health and read-back when due."""
+        now = self.clock()
+        with self._lock:
+            if self.catalog is None:
+                return
+            self._plugin_on_or_off()
+            if self.plugin is not None:
+                self.plugin.sync()
+                if now >= self._next_health and self._health is not None:
+                    self.plugin.set_health(self._health.check())
+                    self._next_health = now + self.options.health_interval
+        if now >= self._next_read:
+            self.read_back()
+            self._next_read = now + self.options.read_back_interval
 
     def read_back(self) -> None:
         """One PodResources List: admission learns what is held; the annotation follows."""
@@ -156,7 +169,6 @@ class KubeletSide:
     def shutdown(self) -> None:
         with self._lock:
             self._stop_plugin()
-        self._reader.close()
 
     # --- internals ------------------------------------------------------------------------------
 

@@ -36,18 +36,20 @@ class PodResourcesError(Exception):
 
 
 class PodResources:
-    """A client of the kubelet's PodResources API on `socket`."""
+    """A client of the kubelet's PodResources API on `socket`. Each `list` connects anew: a
+    channel kept open would, after the kubelet restarts, wait out gRPC's reconnect back-off
+    (growing to minutes) before it asks again; a unix socket connects in well under a millisecond."""
 
     def __init__(self, socket: Path):
         self.socket = socket
-        self._channel = grpc.insecure_channel(f"unix://{socket}")
-        self._stub = api_pb2_grpc.PodResourcesListerStub(self._channel)
 
     def list(self, keep: Callable[[str], bool]) -> Held:
         """Every container's devices, by (namespace/name, container) and resource; only the
         resources for which `keep(resource)` holds, and only containers with some."""
         try:
-            answer = self._stub.List(api_pb2.ListPodResourcesRequest(), timeout=TIMEOUT)
+            with grpc.insecure_channel(f"unix://{self.socket}") as channel:
+                answer = api_pb2_grpc.PodResourcesListerStub(channel).List(api_pb2.ListPodResourcesRequest(),
+                                                                           timeout=TIMEOUT)
         except grpc.RpcError as exc:
             raise PodResourcesError(f"PodResources List on {self.socket}: {exc.code().name}: {exc.details()}") from None
         held: Held = {}
@@ -60,9 +62,6 @@ class PodResources:
                 if by:
                     held[(f"{pod.namespace}/{pod.name}", container.name)] = dict(by)
         return held
-
-    def close(self) -> None:
-        self._channel.close()
 
 
 def allocations(held: Mapping[tuple[str, str], Mapping[str, Iterable[str]]], catalog: Catalog) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""The two CoreV1Api calls the agent makes (read_node, patch_node), on one Node kept in memory."""
+"""The CoreV1Api calls the agent makes (read_node, patch_node, list/watch of its node's pods), on
+one Node kept in memory and no pods."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -32,6 +34,13 @@ class FakeCore:
                 self.annotations.pop(key, None)
             else:
                 self.annotations[key] = value
+
+    def list_pod_for_all_namespaces(self, watch: bool = False, **_: Any) -> SimpleNamespace:
+        """No pods: an empty list, or a watch that ends after a while with no event."""
+        if watch:
+            time.sleep(0.2)
+            return SimpleNamespace(stream=lambda **_: iter(()), close=lambda: None, release_conn=lambda: None)
+        return SimpleNamespace(data=b'{"items": [], "metadata": {"resourceVersion": "1"}}')
 
     def node(self) -> dict[str, Any]:
         """The Node as the API serves it to the extender."""

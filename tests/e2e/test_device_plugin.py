@@ -112,11 +112,8 @@ def published(node: KubeletNode) -> dict:
 
 def read_back(node: KubeletNode) -> dict:
     """What the kubelet's PodResources API says now, in the allocations annotation's form."""
-    reader = PodResources(node.pod_resources_socket)
-    try:
-        return allocations(reader.list(lambda r: convert.is_gpu_resource(r, SHARE)), CATALOG)
-    finally:
-        reader.close()
+    held = PodResources(node.pod_resources_socket).list(lambda r: convert.is_gpu_resource(r, SHARE))
+    return allocations(held, CATALOG)
 
 
 def mismatch_metrics(stack: Stack) -> tuple[float, float]:

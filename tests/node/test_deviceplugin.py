@@ -6,7 +6,6 @@ from NVML reads and Xid events (the fake NVML of the reference machines)."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -21,23 +20,9 @@ from extender.node.kubeletapi.deviceplugin.v1beta1 import api_pb2 as api
 from extender.node.kubeletapi.deviceplugin.v1beta1 import api_pb2_grpc as api_grpc
 from scoring.model import GPU_RESOURCE, GpuShare, Plan
 from tests.agent import machines
+from tests.node.kubelet_standins import Registrations
 
 SHARE = "gpu-extender.io/gpu-milli"
-
-
-class Registrations(api_grpc.RegistrationServicer):
-    """The kubelet's Registration service on <dir>/kubelet.sock, keeping every request."""
-
-    def __init__(self, directory: Path):
-        self.requests: list[api.RegisterRequest] = []
-        self.server = grpc.server(ThreadPoolExecutor(max_workers=2))
-        api_grpc.add_RegistrationServicer_to_server(self, self.server)
-        self.server.add_insecure_port(f"unix://{directory / 'kubelet.sock'}")
-        self.server.start()
-
-    def Register(self, request, context):  # noqa: N802
-        self.requests.append(request)
-        return api.Empty()
 
 
 @pytest.fixture
@@ -201,3 +186,18 @@ def test_the_stream_ends_when_the_plugin_stops(node):
     plugin.stop()
     assert done.wait(10), "the ListAndWatch stream did not end"
     assert not (directory / socket_name(GPU_RESOURCE)).exists()
+
+
+def test_a_directory_too_deep_for_a_unix_socket_is_named_in_the_error(tmp_path):
+    deep = tmp_path / ("d" * 60)
+    deep.mkdir()
+    kubelet = Registrations(tmp_path)  # its socket is short enough; ours would not be
+    (deep / "kubelet.sock").symlink_to(tmp_path / "kubelet.sock")
+    catalog = Catalog(nvml.read_inventory(machines.hgx_h100()), SHARE)
+    plugin = DevicePlugin(deep, catalog, Admissions(catalog))
+    try:
+        with pytest.raises(ValueError, match="use a shorter --device-plugin-dir"):
+            plugin.sync()
+    finally:
+        plugin.stop()
+        kubelet.server.stop(0)

@@ -4,31 +4,20 @@ allocations annotation built from it, for our plugin's IDs and NVIDIA's."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
-import grpc
 import pytest
 
 from extender import convert
 from extender.node import nvml
 from extender.node.devices import Catalog
 from extender.node.kubeletapi.podresources.v1 import api_pb2 as api
-from extender.node.kubeletapi.podresources.v1 import api_pb2_grpc as api_grpc
 from extender.node.podresources import PodResources, PodResourcesError, allocations
 from tests.agent import machines
 from tests.agent.fake_pynvml import mig_uuid
+from tests.node.kubelet_standins import Lister
 
 SHARE = "gpu-extender.io/gpu-milli"
 CATALOG = Catalog(nvml.read_inventory(machines.hgx_h100(mig={0: [("3g.40gb", 0), ("3g.40gb", 4)]})), SHARE)
 GPU = [machines.uuid("h100", i) for i in range(8)]
-
-
-class Lister(api_grpc.PodResourcesListerServicer):
-    def __init__(self, pods: list[api.PodResources]):
-        self.pods = pods
-
-    def List(self, request, context):  # noqa: N802
-        return api.ListPodResourcesResponse(pod_resources=self.pods)
 
 
 def container(name: str, **devices: list[str]) -> api.ContainerResources:
@@ -40,17 +29,13 @@ def container(name: str, **devices: list[str]) -> api.ContainerResources:
 @pytest.fixture
 def kubelet(tmp_path):
     def serve(pods: list[api.PodResources]) -> PodResources:
-        server = grpc.server(ThreadPoolExecutor(max_workers=2))
-        api_grpc.add_PodResourcesListerServicer_to_server(Lister(pods), server)
-        server.add_insecure_port(f"unix://{tmp_path / 'kubelet.sock'}")
-        server.start()
-        servers.append(server)
+        listers.append(Lister(tmp_path / "kubelet.sock", pods))
         return PodResources(tmp_path / "kubelet.sock")
 
-    servers: list[grpc.Server] = []
+    listers: list[Lister] = []
     yield serve
-    for server in servers:
-        server.stop(0)
+    for lister in listers:
+        lister.server.stop(0)
 
 
 def gpu_resources(resource: str) -> bool:
@@ -74,7 +59,6 @@ def test_each_pod_s_devices_in_the_plan_s_form(kubelet):
         "lab/nb": {"share": {"gpu": 3, "milli": 250}},
         "infer/embed": {"mig": [{"gpu": 0, "profile": "3g.40gb", "start": 4}]},
     }
-    reader.close()
 
 
 def test_nvidia_s_index_ids_and_ids_the_node_cannot_place(kubelet):
