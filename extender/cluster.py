@@ -58,9 +58,10 @@ class ClusterView:
         self._built: dict[str, tuple[GpuNode, float]] = {}
         self._bases: dict[str, tuple[GpuNode, float]] = {}  # name -> (node without pods, agent data expiry)
         self._actual: dict[str, dict[str, Plan]] = {}  # node -> pod -> devices the kubelet really allocated
-        self._mismatched: dict[str, str] = {}  # pod (namespace/name) -> how its devices differ from its plan
+        self._mismatched: dict[str, tuple[str, str]] = {}  # pod (namespace/name) -> (node, how it differs)
         self.mismatch_listeners: list[Callable[[Obj, str, str], None]] = []  # (pod, node, what differs)
         self.mismatches_reported = 0
+        self._reported_mismatch: set[str] = set()  # pods (namespace/name) reported, while they live
         self._next_expiry = float("inf")
         self._changes: list[str] = []  # names of rebuilt nodes, oldest first
         self._changes_base = 0  # sequence number of _changes[0]
@@ -124,6 +125,7 @@ class ClusterView:
         old = set(self._raw_nodes)
         share = self.config.sharing.resource
         self._bases.clear()
+        self._actual.clear()
         self._raw_nodes = {(n.get("metadata") or {}).get("name", ""): convert.slim_node(n, share) for n in nodes}
         return old | set(self._raw_nodes)
 
@@ -134,6 +136,9 @@ class ClusterView:
         self._shapes.clear()
         for pod in pods:
             touched |= self._store_pod(pod)
+        alive = {convert.name_of(p) for p in self._pods.values()}
+        self._mismatched = {k: v for k, v in self._mismatched.items() if k in alive}
+        self._reported_mismatch &= alive
         return touched
 
     def _rebuild_all(self, names: set[str]) -> None:
@@ -164,6 +169,7 @@ class ClusterView:
         with self._lock:
             if (old := self._pods.get(key)) is not None:
                 self._mismatched.pop(convert.name_of(old), None)
+                self._reported_mismatch.discard(convert.name_of(old))
             for name in self._drop_pod(key):
                 self._rebuild(name)
             self._shapes.publish()
@@ -272,8 +278,7 @@ class ClusterView:
         holders = self._holders(name, set())
         actual = self._actual.get(name)
         node = convert.with_usage(base, holders, self.config.sharing.resource, actual)
-        if actual:
-            self._report_mismatches(name, holders, actual)
+        self._note_mismatches(name, holders, actual or {})
         self._built[name] = (node, expires)
         self._next_expiry = min(self._next_expiry, expires)
         for model, size in node.model_cache.items():
@@ -303,16 +308,21 @@ class ClusterView:
         """Pods whose devices, as the kubelet reports them, differ from their plan."""
         return len(self._mismatched)
 
-    def _report_mismatches(self, node: str, holders: list[Obj], actual: Mapping[str, Plan]) -> None:
-        """Tell the listeners once about each pod on `node` whose devices differ from its plan."""
-        for key, message in convert.mismatches(node, holders, actual).items():
-            if self._mismatched.get(key) == message:
-                continue
-            self._mismatched[key] = message
-            self.mismatches_reported += 1
-            pod = next(p for p in holders if convert.name_of(p) == key)
-            for listener in self.mismatch_listeners:
-                listener(pod, node, message)
+    def _note_mismatches(self, node: str, holders: list[Obj], actual: Mapping[str, Plan]) -> None:
+        """Keep the pods on `node` whose devices differ from their plan now, and tell the
+        listeners about each one the first time (a pod is reported once while it lives)."""
+        found = convert.mismatches(node, holders, actual) if actual else {}
+        for key in [k for k, (where, _) in self._mismatched.items() if where == node and k not in found]:
+            del self._mismatched[key]
+        for key, message in found.items():
+            new = key not in self._reported_mismatch
+            self._mismatched[key] = (node, message)
+            if new:
+                self._reported_mismatch.add(key)
+                self.mismatches_reported += 1
+                pod = next(p for p in holders if convert.name_of(p) == key)
+                for listener in self.mismatch_listeners:
+                    listener(pod, node, message)
 
     def _holders(self, name: str, excluded: set[str]) -> list[Obj]:
         """Pods bound to the node plus plans assumed onto it, less `excluded` keys."""

@@ -389,9 +389,15 @@ def allocations(node: Mapping[str, Any], as_of: float, config: PolicyConfig) -> 
         return {}
     try:
         data = json.loads(value)
-        return {str(pod): ann.plan_from_dict({**entry, "node": meta.get("name")})[1] for pod, entry in data.items()}
-    except (ValueError, TypeError, AttributeError):
+    except ValueError:
         return {}
+    found = {}
+    for pod, entry in data.items() if isinstance(data, dict) else ():
+        try:  # an entry that cannot be read leaves that pod to its plan, not the whole node
+            found[str(pod)] = ann.plan_from_dict({**entry, "node": meta.get("name")})[1]
+        except (ValueError, TypeError):
+            continue
+    return found
 
 
 def with_usage(node: GpuNode, pods: Iterable[Mapping[str, Any]], share_resource: str,

@@ -71,3 +71,17 @@ def test_a_pod_the_kubelet_has_not_admitted_yet_counts_by_its_plan():
 def test_a_stale_read_back_is_ignored():
     view, reported = view_of({"ns/tp4": {"gpus": [0, 1, 2, 3]}}, fresh=False)
     assert reported == [] and view.node("n1").usage.gpus == {0, 4, 5, 6, 7}
+
+
+def test_an_entry_that_cannot_be_read_leaves_that_pod_to_its_plan_only():
+    view, _ = view_of({"ns/tp4": {"gpus": [1, 2, 3, 5]}, "ns/one": {"share": {"gpu": 0, "milli": 5000}}})
+    assert view.node("n1").usage.gpus == {0, 1, 2, 3, 5}  # one's plan (GPU 0) and tp4's read-back
+
+
+def test_a_mismatch_that_goes_away_leaves_the_gauge_and_is_not_reported_again():
+    view, reported = view_of({"ns/tp4": {"gpus": [0, 1, 2, 3]}})
+    assert view.mismatch_count() == 1
+    view.upsert_node(node({"ns/tp4": {"gpus": [4, 5, 6, 7]}}))  # the record now agrees with the plan
+    assert view.mismatch_count() == 0
+    view.upsert_node(node({"ns/tp4": {"gpus": [0, 1, 2, 3]}}))
+    assert view.mismatch_count() == 1 and len(reported) == 1 and view.mismatches_reported == 1

@@ -6,11 +6,13 @@ one at a time, oldest first (it sorts each batch of new pods by creation time), 
 containers in order (init containers first), one resource at a time. So the pod being admitted is
 taken to be
 
-    the oldest pod bound to this node whose next container still without devices of the resource
-    asks for exactly that many, and whose plan's devices for it are all still available
+    the oldest pod bound to this node and not yet started whose next container still without
+    devices of the resource asks for exactly that many, and whose plan's devices for it are all
+    still available
 
 (creation times have whole seconds: pods of one second go in the order the agent's watch saw them
-bound, which is the order the kubelet's own watch sees them).
+bound, which is how the kubelet's own watch delivers them; its sort is not stable for batches of
+more than 12, so that is a best guess).
 
 No lock is held in bind and nothing waits: the plan is on the pod when the kubelet sees it (the
 Binding carries it). When the kubelet meets two pods of one shape in another order than their
@@ -32,7 +34,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from extender.node.devices import SHARE_SEPARATOR, Catalog, Device
 from scoring.model import GPU_RESOURCE, MigSlot, Plan, mig_resource
@@ -58,7 +60,9 @@ class PodOnNode:
     containers: tuple[Container, ...]  # the kubelet's order: init containers, then containers
     plan: Plan | None
     problem: str = ""
-    seen: int = 0  # the order this node's watch saw pods bound: the kubelet's, within one second
+    seen: int = 0  # the order this node's watch saw pods bound, for pods of one creation second
+    admitted: bool = False  # the kubelet started it (status.startTime) or it is being deleted
+    since: float = 0.0  # when this node first saw this UID (clock): older reports of its name are another pod's
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,26 +87,36 @@ class Refused(Exception):
     """Allocate cannot hand these devices out; the message says why (the kubelet shows it)."""
 
 
-@dataclass
-class _Held:
-    """Devices of one container, by resource, and when we learnt of them (an Allocate, or the
-    PodResources answer that began at that moment)."""
+@dataclass(frozen=True, slots=True)
+class _Allocation:
+    """One Allocate this plugin answered: when, what, and for which pod's container when a
+    preferred allocation had named them (None: the kubelet chose, or no plan matched)."""
 
-    ids: dict[str, frozenset[str]] = field(default_factory=dict)
-    at: float = 0.0
-    from_allocate: bool = False
+    at: float
+    resource: str
+    ids: frozenset[str]
+    pod: str | None
+    container: str | None
+
+
+Held = dict[tuple[str, str], dict[str, frozenset[str]]]  # (pod key, container) -> resource -> devices
 
 
 class Admissions:
-    """The admission state of one node; every method is safe to call from gRPC threads."""
+    """The admission state of one node; every method is safe to call from gRPC threads.
+
+    What is held comes from two places: the kubelet's last PodResources answer (`observe`) and the
+    Allocates answered since shortly before that answer was asked for (the kubelet records an
+    allocation as Allocate returns, so a later answer has it, or the pod is gone)."""
 
     def __init__(self, catalog: Catalog):
         self._lock = threading.Lock()
         self.catalog = catalog
         self._slots = _slot_ids(catalog)
         self._pods: list[PodOnNode] = []
-        self._held: dict[tuple[str, str], _Held] = {}  # (pod key, container) -> devices
-        self._unowned: list[tuple[float, str, frozenset[str]]] = []  # Allocates no pick explains
+        self._reported: Held = {}
+        self._reported_at = float("-inf")  # when the last PodResources answer was asked for
+        self._allocated: list[_Allocation] = []
         self._picks: dict[tuple[str, frozenset[str]], tuple[str, str, float]] = {}  # -> (pod, container, at)
 
     # --- inputs ---------------------------------------------------------------------------
@@ -120,19 +134,11 @@ class Admissions:
 
     def observe(self, held: Mapping[tuple[str, str], Mapping[str, Iterable[str]]], started: float) -> None:
         """What the kubelet reported as allocated, per (pod key, container) and resource, in a
-        PodResources answer requested at `started`. Allocates from shortly before that moment on
-        are kept until an answer shows them (the kubelet records an allocation as Allocate
-        returns, so an answer that began later includes it, or the pod is gone)."""
+        PodResources answer asked for at `started`."""
         with self._lock:
-            fresh = {key: _Held({r: frozenset(ids) for r, ids in by.items() if ids}, started)
-                     for key, by in held.items()}
-            for key, entry in self._held.items():
-                if entry.from_allocate and entry.at >= started - RECORD_MARGIN:
-                    mine = fresh.setdefault(key, _Held(at=entry.at))
-                    for resource, ids in entry.ids.items():
-                        mine.ids.setdefault(resource, ids)
-            self._held = fresh
-            self._unowned = [u for u in self._unowned if u[0] >= started - RECORD_MARGIN]
+            self._reported = {key: {r: frozenset(ids) for r, ids in by.items() if ids} for key, by in held.items()}
+            self._reported_at = started
+            self._allocated = [a for a in self._allocated if a.at >= started - RECORD_MARGIN]
             self._picks = {k: v for k, v in self._picks.items() if v[2] >= started - PICK_TTL}
 
     # --- the kubelet's calls --------------------------------------------------------------
@@ -143,7 +149,7 @@ class Admissions:
         with self._lock:
             whole, shared = self._physical()
             for pod in self._pods:
-                if pod.plan is None:
+                if pod.plan is None or pod.admitted:
                     continue
                 container = self._next_container(pod, request.resource)
                 if container is None or container.wants[request.resource] != request.size:
@@ -178,21 +184,20 @@ class Admissions:
                 if busy := sorted({d.gpu for d in devices} & shared):
                     raise Refused(f"GPU {busy[0]} holds shares of other containers")
             key = frozenset(ids)
-            pick = self._picks.pop((resource, key), None)
-            if pick is None:
-                self._unowned.append((now, resource, key))
-            else:
-                entry = self._held.setdefault((pick[0], pick[1]), _Held(at=now, from_allocate=True))
-                entry.ids[resource] = key
-                entry.at, entry.from_allocate = now, True
+            pod, container, _ = self._picks.pop((resource, key), (None, None, 0.0))
+            self._allocated.append(_Allocation(now, resource, key, pod, container))
             return devices
 
     # --- reads ----------------------------------------------------------------------------
 
-    def held(self) -> dict[tuple[str, str], dict[str, frozenset[str]]]:
+    def held(self) -> Held:
         """Devices by (pod key, container) and resource, as far as this node knows now."""
         with self._lock:
-            return {key: dict(entry.ids) for key, entry in self._held.items()}
+            held: Held = {key: dict(by) for key, by in self._reported.items()}
+            for a in self._allocated:
+                if a.pod is not None and a.container is not None:
+                    held.setdefault((a.pod, a.container), {})[a.resource] = a.ids
+            return held
 
     # --- internals (lock held) --------------------------------------------------------------
 
@@ -201,31 +206,32 @@ class Admissions:
         whole: set[int] = set()
         shared: set[int] = set()
         catalog = self.catalog
-        groups = [entry.ids.items() for entry in self._held.values()]
-        groups.append([(resource, ids) for _, resource, ids in self._unowned])
-        for items in groups:
-            for resource, ids in items:
-                if resource == GPU_RESOURCE:
-                    whole.update(d.gpu for i in ids if (d := catalog.device(resource, i)) is not None)
-                elif resource == catalog.share_resource:  # a thousand units a GPU: by their GPU's UUID
-                    uuids = {i.rpartition(SHARE_SEPARATOR)[0] for i in ids}
-                    shared.update(catalog.whole[u].index for u in uuids if u in catalog.whole)
+        held = [(r, ids) for by in self._reported.values() for r, ids in by.items()]
+        held += [(a.resource, a.ids) for a in self._allocated]
+        for resource, ids in held:
+            if resource == GPU_RESOURCE:
+                whole.update(d.gpu for i in ids if (d := catalog.device(resource, i)) is not None)
+            elif resource == catalog.share_resource:  # a thousand units a GPU: by their GPU's UUID
+                uuids = {i.rpartition(SHARE_SEPARATOR)[0] for i in ids}
+                shared.update(catalog.whole[u].index for u in uuids if u in catalog.whole)
         return whole, shared
 
     def _waiting_plans(self) -> list[Plan]:
-        """Plans of pods with a container still waiting for devices of any resource."""
-        waiting = []
-        for pod in self._pods:
-            if pod.plan is not None and any(self._next_container(pod, r) for c in pod.containers for r in c.wants):
-                waiting.append(pod.plan)
-        return waiting
+        """Plans of pods the kubelet has yet to admit."""
+        return [pod.plan for pod in self._pods if pod.plan is not None and not pod.admitted
+                and any(self._next_container(pod, r) for c in pod.containers for r in c.wants)]
 
     def _done(self, pod: PodOnNode) -> dict[str, dict[str, frozenset[str]]]:
-        """Container name -> resource -> devices it already has."""
+        """Container name -> resource -> devices it already has (what the kubelet reported of its
+        name before this node saw its UID was another pod's)."""
         done: dict[str, dict[str, frozenset[str]]] = defaultdict(dict)
-        for (key, container), entry in self._held.items():
-            if key == pod.key:
-                done[container].update(entry.ids)
+        if self._reported_at >= pod.since:
+            for (key, container), by in self._reported.items():
+                if key == pod.key:
+                    done[container].update(by)
+        for a in self._allocated:
+            if a.pod == pod.key and a.container is not None and a.at >= pod.since:
+                done[a.container][a.resource] = a.ids
         return done
 
     def _next_container(self, pod: PodOnNode, resource: str) -> Container | None:
@@ -240,11 +246,12 @@ class Admissions:
         mine = {i for by in self._done(pod).values() for i in by.get(resource, ())}
         offered = request.available | set(request.must_include)
         if resource == catalog.share_resource:
-            if plan.share is None or plan.share.gpu in whole:
+            if plan.share is None or plan.share.gpu in whole or _share_gpu(catalog, request) not in (None, plan.share.gpu):
                 return None
             gpu = catalog.by_index.get(plan.share.gpu)
             prefix = f"{gpu.uuid}{SHARE_SEPARATOR}" if gpu is not None else "\0"
-            units = sorted(i for i in offered if i.startswith(prefix))
+            units = list(request.must_include) + sorted(
+                i for i in offered if i.startswith(prefix) and i not in request.must_include)
             return tuple(units[: request.size]) if len(units) >= request.size else None
         if resource == GPU_RESOURCE:
             if set(plan.gpus) & shared:
@@ -268,9 +275,12 @@ class Admissions:
         waiting = self._waiting_plans()
         if resource == catalog.share_resource:
             by_gpu: dict[int, list[str]] = defaultdict(list)
+            reused = _share_gpu(catalog, request)  # units the kubelet reuses pin the share to their GPU
             for device in devices:
-                if device.gpu not in whole:
+                if device.gpu not in whole and reused in (None, device.gpu) and device.id not in request.must_include:
                     by_gpu[device.gpu].append(device.id)
+            if reused is not None:
+                by_gpu[reused] = list(request.must_include) + sorted(by_gpu[reused])
             planned: Counter[int] = Counter()
             for plan in waiting:
                 if plan.share is not None:
@@ -280,7 +290,8 @@ class Admissions:
             if not fits:
                 return Choice((), None, None, why + "no single GPU has that many free units")
             _, _, gpu = min(fits)  # best fit among the GPUs whose waiting plans leave room, lowest index on ties
-            return Choice(tuple(sorted(by_gpu[gpu])[: request.size]), None, None, why + f"best fit, GPU {gpu}")
+            units = by_gpu[gpu] if gpu == reused else sorted(by_gpu[gpu])
+            return Choice(tuple(units[: request.size]), None, None, why + f"best fit, GPU {gpu}")
         claimed = {i for plan in waiting for i in plan.gpus} | {self._slots.get(s) for plan in waiting for s in plan.mig}
         free = sorted((d for d in devices if resource != GPU_RESOURCE or d.gpu not in shared),
                       key=lambda d: ((d.id if d.mig else d.gpu) in claimed, d.gpu, d.mig.start if d.mig else 0, d.id))
@@ -288,6 +299,14 @@ class Admissions:
         if len(ids) < request.size:
             return Choice((), None, None, why + "not enough devices free of other containers")
         return Choice(tuple(ids[: request.size]), None, None, why + "lowest-indexed free devices")
+
+
+def _share_gpu(catalog: Catalog, request: Request) -> int | None:
+    """The GPU of the share units the kubelet must include (reused from an init container)."""
+    for device_id in request.must_include:
+        if (device := catalog.device(request.resource, device_id)) is not None:
+            return device.gpu
+    return None
 
 
 def _slot_ids(catalog: Catalog) -> dict[MigSlot, str]:

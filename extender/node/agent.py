@@ -159,7 +159,9 @@ def main(*, node: str | None, kubeconfig: Path | None, cache_dir: Path | None, i
         return _error(f"cannot reach the cluster: {exc}", EXIT_USAGE)
     agent = Agent(node, core, lambda: scan(cache_dir), interval=interval, heartbeat_seconds=heartbeat_seconds)
     side = None
-    if kubelet is not None and not once:
+    if kubelet is None:
+        _forget_allocations(core, node)
+    elif not once:
         side = KubeletSide(node, core, kubelet, agent.patch)
         agent.on_scan, agent.on_labels = side.set_scan, side.set_labels
     delivered = first is not None and agent.deliver(first)
@@ -189,6 +191,19 @@ def _print_inventory(cache_dir: Path | None) -> int:
     printed = {key: json.loads(value) for key, value in result.annotations.items()}
     sys.stdout.write(json.dumps(printed, indent=2, sort_keys=True) + "\n")
     return 0
+
+
+def _forget_allocations(core: client.CoreV1Api, node: str) -> None:
+    """Without read-back, remove what an earlier run read back: the extender would trust it while
+    the heartbeat lasts."""
+    try:
+        notes = core.read_node(node, _request_timeout=API_TIMEOUT).metadata.annotations or {}
+        if ann.ALLOCATIONS in notes:
+            core.patch_node(node, {"metadata": {"annotations": {ann.ALLOCATIONS: None}}}, field_manager=FIELD_MANAGER,
+                            _content_type=MERGE_PATCH, _request_timeout=API_TIMEOUT)
+            log.info("node %s: read-back off: removed %s", node, ann.ALLOCATIONS)
+    except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+        log.error("node %s: cannot remove %s (%s)", node, ann.ALLOCATIONS, exc)
 
 
 def print_devices(options: KubeletOptions, lib: object = None) -> int:

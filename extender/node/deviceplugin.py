@@ -75,38 +75,48 @@ class DevicePlugin:
         self._version = 0  # bumped whenever the devices or their health change
         self._sick: dict[str, str] = {}  # GPU UUID -> why
         self._servers: dict[str, grpc.Server] = {}
-        self._kubelet: tuple[int, int] | None = None  # (inode, mtime) of the kubelet.sock registered with
+        self._kubelet: tuple[int, int] | None = None  # (inode, mtime) of the kubelet.sock served for
+        self._registered: set[str] = set()
         self._stopped = False
 
     # --- life cycle ---------------------------------------------------------------------------
 
     def sync(self) -> None:
-        """Serve every resource of the catalog and register those not registered with this
-        kubelet: at start, after the kubelet restarted (its socket is new) or removed ours."""
+        """Serve every resource of the catalog, and register each one this kubelet does not have:
+        at start, after the kubelet restarted (its socket is a new file) or removed our socket.
+        A resource the kubelet refuses is tried again at the next sync; the others go on."""
         kubelet = _identity(self.directory / KUBELET_SOCKET)
         if kubelet is None:
             if self._kubelet is not None:
                 log.warning("the kubelet's %s is gone: waiting for the kubelet", self.directory / KUBELET_SOCKET)
                 self._kubelet = None
+                self._registered.clear()
             return
-        wanted = set(self.catalog.resources())
-        lost = {r for r in self._servers if not (self.directory / socket_name(r)).exists()}
-        if kubelet != self._kubelet or lost or wanted != set(self._servers):
-            if self._kubelet is not None and kubelet != self._kubelet:
-                log.info("the kubelet started again: serving and registering every resource anew")
-            for resource in set(self._servers) - wanted:
+        if self._kubelet is not None and kubelet != self._kubelet:
+            log.info("the kubelet started again: serving and registering every resource anew")
+        if kubelet != self._kubelet:
+            self._registered.clear()
+            for resource in list(self._servers):
                 self._stop_server(resource)
-            for resource in wanted:
-                if kubelet != self._kubelet or resource in lost or resource not in self._servers:
-                    self._stop_server(resource)
-                    self._serve(resource)
-            try:
-                for resource in sorted(wanted):
+        self._kubelet = kubelet
+        wanted = set(self.catalog.resources())
+        for resource in set(self._servers) - wanted:
+            self._stop_server(resource)
+            self._registered.discard(resource)
+        for resource in sorted(wanted):
+            if resource in self._servers and not (self.directory / socket_name(resource)).exists():
+                self._stop_server(resource)  # the kubelet removed it
+                self._registered.discard(resource)
+            if resource not in self._servers:
+                self._serve(resource)
+            if resource not in self._registered:
+                try:
                     self._register(resource)
-            except grpc.RpcError as exc:
-                log.error("registering with the kubelet failed (%s: %s); retrying", exc.code().name, exc.details())
-                return
-            self._kubelet = kubelet
+                except grpc.RpcError as exc:
+                    log.error("registering %s with the kubelet failed (%s: %s); retrying", resource,
+                              exc.code().name, exc.details())
+                    continue
+                self._registered.add(resource)
 
     def stop(self) -> None:
         with self._cond:

@@ -5,7 +5,7 @@ physical GPU each kubelet device ID stands for.
 |----------------------------|------------------------------------------|-------------------------|
 | `nvidia.com/gpu`           | GPU not in MIG mode                      | the GPU's UUID (`GPU-…`) |
 | `nvidia.com/mig-<profile>` | MIG device of a GPU instance (mixed)     | its UUID (`MIG-…`)       |
-| the GPU-share resource     | thousandth of a GPU not in MIG mode      | `<GPU UUID>::<0..999>`   |
+| the GPU-share resource     | thousandth of a GPU not in MIG mode      | `<GPU UUID>::<000..999>` |
 
 IDs are what NVIDIA's device plugin uses for the first two (its default `uuid` ID strategy), so
 the actual allocations that the kubelet reports read the same on nodes that keep NVIDIA's plugin;

@@ -38,6 +38,7 @@ from extender.node.pods import NodePods
 log = logging.getLogger("gpu_extender.agent")
 PLUGIN_LABEL = ann.DEVICE_PLUGIN_LABEL
 TICK = 1.0  # seconds between checks that the kubelet still knows our servers
+UNKNOWN = object()  # what an earlier run left on the Node: written over by the first read-back, whatever it is
 RELIST_TIMEOUT = 2.0  # seconds an admission may wait for a fresh list of the node's pods
 
 
@@ -67,7 +68,9 @@ class KubeletSide:
         self._pod_watch: ListWatch | None = None
         self._health: nvml.HealthMonitor | None = None
         self._health_stop = threading.Event()
-        self._published: str | None = None  # the allocations annotation as last published
+        self._published: str | None | object = UNKNOWN  # the allocations annotation as last published
+        self._observed = False  # a PodResources answer came: the plugin knows what the kubelet holds
+        self._told_waiting = False
         self._read_back_failing = False
         self._next_health = self._next_read = 0.0  # when each is due (clock seconds)
         self._want_plugin = options.device_plugin == "on"
@@ -93,6 +96,7 @@ class KubeletSide:
             self.catalog = catalog
             if self.admissions is None:
                 self.admissions = Admissions(catalog)
+            self.admissions.set_catalog(catalog)
             if self.plugin is not None:
                 self.plugin.set_catalog(catalog)
                 self._start_health(catalog)
@@ -129,20 +133,25 @@ class KubeletSide:
         self.shutdown()
 
     def tick(self) -> None:
-        """The plugin started, stopped or registered again as needed; health and read-back when due."""
+        """Read-back when due; the plugin started (once a read-back told what the kubelet holds),
+        stopped or registered again as needed; health when due."""
         now = self.clock()
-        with self._lock:
-            if self.catalog is None:
-                return
-            self._plugin_on_or_off()
-            if self.plugin is not None:
-                self.plugin.sync()
-                if now >= self._next_health and self._health is not None:
-                    self.plugin.set_health(self._health.check())
-                    self._next_health = now + self.options.health_interval
+        if self.catalog is None:
+            return
         if now >= self._next_read:
             self.read_back()
             self._next_read = now + self.options.read_back_interval
+        with self._lock:
+            self._plugin_on_or_off()
+            if self.plugin is None:
+                return
+            self.plugin.sync()
+            if now >= self._next_health:
+                if self._health is None:  # NVML refused at the start: try again
+                    self._start_health(self.catalog)
+                if self._health is not None:
+                    self.plugin.set_health(self._health.check())
+                self._next_health = now + self.options.health_interval
 
     def read_back(self) -> None:
         """One PodResources List: admission learns what is held; the annotation follows."""
@@ -163,6 +172,7 @@ class KubeletSide:
             log.info("node %s: the kubelet's PodResources API answers again", self.node)
             self._read_back_failing = False
         admissions.observe(held, started)
+        self._observed = True
         self._publish_allocations(json.dumps(podresources.allocations(held, catalog), separators=(",", ":"),
                                              sort_keys=True))
 
@@ -184,7 +194,13 @@ class KubeletSide:
 
     def _plugin_on_or_off(self) -> None:
         if self._want_plugin and self.plugin is None:
-            self._start_plugin()
+            if self._observed:
+                self._start_plugin()
+            elif not self._told_waiting:
+                log.warning("node %s: the device plugin waits for the kubelet's PodResources API (%s): it must know "
+                            "what the kubelet holds before it hands out devices", self.node,
+                            self.options.pod_resources_socket)
+                self._told_waiting = True
         elif not self._want_plugin and self.plugin is not None:
             self._stop_plugin()
 
@@ -195,7 +211,7 @@ class KubeletSide:
                  self.options.device_plugin_dir)
         self.plugin = DevicePlugin(self.options.device_plugin_dir, catalog, admissions, self.options.plugin, self.clock,
                                    self._relist_pods)
-        self._pods = NodePods(self.node, catalog, admissions.set_pods, self._report)
+        self._pods = NodePods(self.node, catalog, admissions.set_pods, self._report, self.clock)
         self._pod_watch = ListWatch(f"pods on {self.node}", self.core.list_pod_for_all_namespaces,
                                     self._pods.replace, self._pods.event, field_selector=f"spec.nodeName={self.node}")
         self._pod_watch.start()
@@ -206,7 +222,9 @@ class KubeletSide:
             return
         log.info("node %s: device plugin off", self.node)
         if self._pod_watch is not None:
-            self._pod_watch.stop.set()
+            self._pod_watch.stop.set()  # its open watch ends by itself; what it still delivers is ignored
+        if self._pods is not None:
+            self._pods.active = False
         self._stop_health()
         self.plugin.stop()
         self.plugin, self._pods, self._pod_watch = None, None, None
@@ -218,7 +236,7 @@ class KubeletSide:
         if pods is None or watch is None:
             return
         try:
-            pods.replace(watch.list(timeout=RELIST_TIMEOUT)[0])
+            pods.merge(watch.list(timeout=RELIST_TIMEOUT)[0])
         except Exception as exc:  # the API server may be away: admit with what the watch has
             log.warning("node %s: cannot list its pods (%s): admitting with what the watch has", self.node, exc)
 

@@ -303,14 +303,18 @@ class HealthMonitor:
         self._events = None
 
     def wait_xid(self, timeout_ms: int) -> str | None:
-        """Wait up to `timeout_ms` for one Xid event; returns a line for the log when one came."""
+        """Wait up to `timeout_ms` for one Xid event; returns a line for the log when one came.
+        Without an event set, or when the wait fails, it sleeps the timeout out: a loop around it
+        never spins."""
         nv = self.nv
         if self._events is None:
+            time.sleep(timeout_ms / 1000)
             return None
         try:
             data = nv.nvmlEventSetWait(self._events, timeout_ms)
         except nv.NVMLError as exc:
             if exc.value != nv.NVML_ERROR_TIMEOUT:
+                time.sleep(timeout_ms / 1000)
                 return f"waiting for Xid events failed: {exc}"
             return None
         xid = int(data.eventData)

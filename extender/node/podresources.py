@@ -25,7 +25,7 @@ import grpc
 
 from extender.node.devices import Catalog
 from extender.node.kubeletapi.podresources.v1 import api_pb2, api_pb2_grpc
-from scoring.model import GPU_RESOURCE
+from scoring.model import GPU_RESOURCE, MILLI_PER_GPU
 
 Held = dict[tuple[str, str], dict[str, list[str]]]  # (pod key, container) -> resource -> device IDs
 TIMEOUT = 5.0  # seconds for one List: the kubelet answers from memory
@@ -88,6 +88,10 @@ def allocations(held: Mapping[tuple[str, str], Mapping[str, Iterable[str]]], cat
                 elif resource == GPU_RESOURCE:
                     gpus.add(device.gpu)
         entry: dict[str, Any] = {}
+        for gpu, units in list(shares.items()):
+            if units >= MILLI_PER_GPU:  # a whole GPU's units (another scheduler's pod): held whole
+                gpus.add(gpu)
+                del shares[gpu]
         if gpus:
             entry["gpus"] = sorted(gpus)
         if mig:

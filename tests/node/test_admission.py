@@ -231,3 +231,37 @@ def test_a_burst_admits_every_pod_with_devices_of_its_shape_and_the_union_of_the
 
 
 CATALOG_SLOTS = {d.mig: d.id for d in CATALOG.mig.values()}
+
+
+def test_a_pod_the_kubelet_started_or_is_deleting_is_never_taken_for_the_one_being_admitted():
+    """PodResources does not list regular init containers: a running pod whose init container
+    asked for devices would look as if it still waited."""
+    running = PodOnNode("ns/running", "u1", "2026-12-05T00:00:00Z",
+                        (Container("init", {GPU_RESOURCE: 1}), Container("main", {GPU_RESOURCE: 1})),
+                        Plan(gpus=(4,)), admitted=True)
+    admissions = Admissions(CATALOG)
+    admissions.set_pods([running, whole_pod("ns/new", 5, (5,))])
+    choice = admissions.prefer(Request(GPU_RESOURCE, frozenset(CATALOG.ids(GPU_RESOURCE)), (), 1), 0.0)
+    assert choice.pod == "ns/new" and choice.ids == tuple(uuids(5))
+
+
+def test_what_the_kubelet_said_of_a_name_before_this_uid_was_seen_belongs_to_an_earlier_pod():
+    admissions = Admissions(CATALOG)
+    admissions.observe({("ns/web-0", "main"): {GPU_RESOURCE: uuids(3)}}, started=10.0)  # the old web-0
+    again = PodOnNode("ns/web-0", "new-uid", "2026-12-05T00:00:00Z", (Container("main", {GPU_RESOURCE: 1}),),
+                      Plan(gpus=(6,)), since=11.0)
+    admissions.set_pods([again])
+    choice = admissions.prefer(Request(GPU_RESOURCE, frozenset(CATALOG.ids(GPU_RESOURCE)) - set(uuids(3)), (), 1), 12)
+    assert choice.pod == "ns/web-0" and choice.ids == tuple(uuids(6))
+
+
+def test_share_units_the_kubelet_reuses_keep_the_share_on_their_gpu():
+    units = {g: [i for i in CATALOG.ids(SHARE) if CATALOG.device(SHARE, i).gpu == g] for g in WHOLE}
+    reused = tuple(units[4][:100])
+    admissions = Admissions(CATALOG)
+    admissions.set_pods([pod("ns/waiting", 1, Plan(share=GpuShare(2, 500)), {SHARE: 500})])
+    available = frozenset(CATALOG.ids(SHARE)) - set(reused)
+    choice = admissions.prefer(Request(SHARE, available, reused, 300), 0.0)  # no plan: the fallback
+    assert choice.ids[:100] == reused and len(choice.ids) == 300
+    assert {CATALOG.device(SHARE, i).gpu for i in choice.ids} == {4}
+    admissions.allocate(SHARE, list(choice.ids), 0.0)  # one GPU: accepted

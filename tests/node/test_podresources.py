@@ -61,6 +61,12 @@ def test_each_pod_s_devices_in_the_plan_s_form(kubelet):
     }
 
 
+def test_a_whole_gpu_of_share_units_counts_as_the_gpu_held_whole(kubelet):
+    reader = kubelet([api.PodResources(name="big", namespace="ns", containers=[
+        container("c", share=[f"{GPU[5]}::{k:03d}" for k in range(1000)])])])
+    assert allocations(reader.list(gpu_resources), CATALOG) == {"ns/big": {"gpus": [5]}}
+
+
 def test_nvidia_s_index_ids_and_ids_the_node_cannot_place(kubelet):
     reader = kubelet([api.PodResources(name="job", namespace="batch", containers=[container("c", gpu=["2", "3", "GPU-gone"])])])
     assert allocations(reader.list(gpu_resources), CATALOG) == {
