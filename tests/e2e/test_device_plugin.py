@@ -12,6 +12,7 @@ import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import httpx
 import pytest
 from kubernetes import client
@@ -21,6 +22,8 @@ from extender import annotations as ann
 from extender import convert
 from extender.node import nvml
 from extender.node.devices import Catalog
+from extender.node.kubeletapi.podresources.v1 import api_pb2 as podresources_api
+from extender.node.kubeletapi.podresources.v1 import api_pb2_grpc as podresources_grpc
 from extender.node.podresources import PodResources, allocations
 from tests.agent import machines
 from tests.agent.fake_pynvml import mig_uuid
@@ -116,6 +119,21 @@ def read_back(node: KubeletNode) -> dict:
     return allocations(held, CATALOG)
 
 
+def kubelet_allocatable(node: KubeletNode) -> dict[str, int]:
+    """Devices the kubelet itself holds allocatable now, by resource (PodResources
+    GetAllocatableResources): a resource whose plugin has not registered has none."""
+    try:
+        with grpc.insecure_channel(f"unix://{node.pod_resources_socket}") as channel:
+            answer = podresources_grpc.PodResourcesListerStub(channel).GetAllocatableResources(
+                podresources_api.AllocatableResourcesRequest(), timeout=5)
+    except grpc.RpcError:
+        return {}  # not serving yet
+    counts: Counter[str] = Counter()
+    for devices in answer.devices:
+        counts[devices.resource_name] += len(devices.device_ids)
+    return dict(counts)
+
+
 def mismatch_metrics(stack: Stack) -> tuple[float, float]:
     """The extender's (gpu_extender_allocation_mismatches_total, gpu_extender_allocation_mismatched_pods)."""
     families = {f.name: f for f in text_string_to_metric_families(
@@ -198,8 +216,9 @@ def test_after_agent_and_kubelet_restarts_allocations_survive_and_nothing_is_han
     middle = create(stack, pod("after-agent", node.name, {"nvidia.com/gpu": 3}))
 
     node.restart_kubelet()  # removes every socket in its directory: the plugin registers again
-    node.wait_allocatable("nvidia.com/gpu", 7)
-    node.wait_allocatable(SHARE, 7000)
+    # The Node's status still shows what the kubelet reported before it restarted: ask the kubelet.
+    wait_until(lambda: kubelet_allocatable(node) == {"nvidia.com/gpu": 7, SHARE: 7000, MIG: 2},
+               "the plugin to register with the restarted kubelet", 60)
     last = create(stack, pod("after-kubelet", node.name, {"nvidia.com/gpu": 1}), pod("after-kubelet-share", node.name, {SHARE: 500}))
 
     whole = [d for p in (first[0], *middle, last[0]) for d in envs(node, p)["NVIDIA_VISIBLE_DEVICES"].split(",")]
