@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -113,6 +114,7 @@ def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector
     decider = Decider(view, background=True)
     metrics = Metrics(view, decider, collectors)
     bind_lock = threading.Lock()
+    filtered = FilteredPods()
     app.state.decider = decider
 
     def timed(verb: str, handler: Callable[[bytes], bytes], blocking: bool = False) -> Callable:
@@ -149,6 +151,7 @@ def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector
     def filter_(body: bytes) -> bytes:
         args = wire.decode(body, wire.ExtenderArgs)
         names, sent, decision, answers = decided(args, decider.request(args.Pod))
+        filtered.add(args.Pod)
         answer, feasible, passed = filter_answer(answers, names, decision.records, decision.unknown, sent, best_only)
         request = decision.request
         metrics.decisions.labels(request.workload_class.value, "feasible" if feasible else "unschedulable").inc()
@@ -166,7 +169,7 @@ def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector
 
     def bind(body: bytes) -> bytes:
         args = wire.decode(body, wire.ExtenderBindingArgs)
-        error = _bind(view, decider, binder, bind_lock, args)
+        error = _bind(view, decider, binder, bind_lock, args, filtered)
         if error:
             metrics.bind_failures.inc()
             log.warning("bind %s/%s to %s failed: %s", args.PodNamespace, args.PodName, args.Node, error)
@@ -237,11 +240,38 @@ def _candidates(args: wire.ExtenderArgs) -> tuple[list[str], dict[str, dict] | N
     return list(sent), sent
 
 
+class FilteredPods:
+    """The pods filter was last asked about, by UID (at most KEPT): kube-scheduler binds a pod
+    right after filtering it, sometimes before the extender's pod watch has brought it."""
+
+    KEPT = 10_000
+
+    def __init__(self) -> None:
+        self._pods: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, pod: dict[str, Any]) -> None:
+        uid = (pod.get("metadata") or {}).get("uid")
+        if not uid:
+            return
+        slim = convert.slim_pod(pod)
+        with self._lock:
+            self._pods[uid] = slim
+            self._pods.move_to_end(uid)
+            while len(self._pods) > self.KEPT:
+                self._pods.popitem(last=False)
+
+    def get(self, uid: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._pods.get(uid)
+
+
 def _bind(view: ClusterView, decider: Decider, binder: Binder, lock: threading.Lock,
-          args: wire.ExtenderBindingArgs) -> str:
-    pod = view.pod(args.PodUID) or view.pod(f"{args.PodNamespace}/{args.PodName}")
+          args: wire.ExtenderBindingArgs, filtered: FilteredPods) -> str:
+    pod = view.pod(args.PodUID) or view.pod(f"{args.PodNamespace}/{args.PodName}") or filtered.get(args.PodUID)
     if pod is None:
-        return f"gpu-extender: pod {args.PodNamespace}/{args.PodName} ({args.PodUID}) is not in the cluster view"
+        return (f"gpu-extender: pod {args.PodNamespace}/{args.PodName} ({args.PodUID}) is not in the cluster view "
+                "and was not filtered here")
     if (pod.get("spec") or {}).get("nodeName") == args.Node:
         return ""  # already bound there: binding again would fail, the outcome is the same
     with lock:
