@@ -244,7 +244,7 @@ class FilteredPods:
     """The pods filter was last asked about, by UID (at most KEPT): kube-scheduler binds a pod
     right after filtering it, sometimes before the extender's pod watch has brought it."""
 
-    KEPT = 10_000
+    KEPT = 2_000  # kube-scheduler binds within seconds of filter; far more than it binds at once
 
     def __init__(self) -> None:
         self._pods: OrderedDict[str, dict[str, Any]] = OrderedDict()
