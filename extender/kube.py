@@ -256,7 +256,7 @@ class KubeBinder:
         self.core = client.CoreV1Api(api)
         self.events = EventPoster(self.core, "gpu-extender")
 
-    def bind(self, pod: dict, node: str, plan: dict[str, Any], breakdown: ScoreBreakdown) -> None:
+    def bind(self, pod: dict, node: str, plan: dict[str, Any], breakdown: ScoreBreakdown, why: str) -> None:
         meta = pod.get("metadata") or {}
         name, namespace, uid = meta.get("name"), meta.get("namespace") or "default", meta.get("uid")
         notes = {ann.PLAN: json.dumps(plan), ann.SCORE: json.dumps(ann.score_to_dict(breakdown))}
@@ -269,7 +269,7 @@ class KubeBinder:
             raise BindError(f"API server answered {exc.status} {exc.reason}: {_message(exc)}") from None
         except Exception as exc:  # connection refused, timeouts
             raise BindError(f"API server unreachable: {exc}") from None
-        self.events.post(namespace, name, uid, "GPUPlanned", f"gpu-extender placed the pod on {node}: {breakdown.reason}")
+        self.events.post(namespace, name, uid, "GPUPlanned", f"gpu-extender placed the pod on {node} with {why}")
 
     def report_mismatch(self, pod: dict[str, Any], node: str, what: str) -> None:
         """A pod holds other devices than its plan named (the node's read-back says so)."""

@@ -36,15 +36,15 @@ class BindError(RuntimeError):
 
 
 class Binder(Protocol):
-    def bind(self, pod: dict, node: str, plan: dict[str, Any], breakdown: ScoreBreakdown) -> None:
-        """Write the plan (annotation form) onto the pod, create the Binding and an Event; raise
-        BindError on failure."""
+    def bind(self, pod: dict, node: str, plan: dict[str, Any], breakdown: ScoreBreakdown, why: str) -> None:
+        """Write the plan (annotation form) onto the pod, create the Binding and an Event saying
+        `why` (the devices bound and the reason); raise BindError on failure."""
 
 
 class SnapshotBinder:
     """Used when serving a snapshot file: there is no API server to bind with."""
 
-    def bind(self, pod: dict, node: str, plan: dict[str, Any], breakdown: ScoreBreakdown) -> None:
+    def bind(self, pod: dict, node: str, plan: dict[str, Any], breakdown: ScoreBreakdown, why: str) -> None:
         raise BindError("serving a snapshot file (--cluster): binding needs a live cluster")
 
 
@@ -284,10 +284,15 @@ def _bind(view: ClusterView, decider: Decider, binder: Binder, lock: threading.L
             reason = breakdown.reason if breakdown else "node unknown to gpu-extender"
             return f"gpu-extender: {args.Node} no longer fits {args.PodNamespace}/{args.PodName}: {reason}"
         plan = view.assume(pod, args.Node, breakdown.plan)
+        earlier = decider.bound(decision.request.key, plan, breakdown)
+    why = convert.describe(breakdown.plan)
+    if earlier is not None:
+        why += f" (filter had planned {convert.describe(earlier)}; other pods took those first)"
+    why += f": {breakdown.reason}"
     try:
-        binder.bind(dict(pod), args.Node, plan, breakdown)
+        binder.bind(dict(pod), args.Node, plan, breakdown, why)
     except BindError as exc:
         view.forget(pod)
         return f"gpu-extender: {exc}"
-    log.info("bound %s/%s to %s: %s", args.PodNamespace, args.PodName, args.Node, breakdown.reason)
+    log.info("bound %s/%s to %s: %s", args.PodNamespace, args.PodName, args.Node, why)
     return ""

@@ -33,11 +33,12 @@ from typing import Any
 from extender import convert
 from extender.webhook.answers import Answers, NodeAnswer
 from extender.cluster import ClusterView
+from extender.annotations import plan_to_dict
 from extender.report import report
 from extender.shapes import Target
 from scoring import fragmentation, policy
 from scoring.locality import ModelSpread
-from scoring.model import GpuNode, GpuSample, PodRequest, ScoreBreakdown
+from scoring.model import GpuNode, GpuSample, Plan, PodRequest, ScoreBreakdown
 
 SHAPES_KEPT = 256
 SHAPE_NODES_KEPT = 50_000  # breakdowns kept over all shapes: about 1.2 kB each
@@ -87,6 +88,7 @@ class Decider:
         self._shapes: OrderedDict[tuple, _ShapeCache] = OrderedDict()
         self._explained: OrderedDict[str, Decision] = OrderedDict()
         self._explained_nodes = 0
+        self._bound: OrderedDict[str, dict[str, Any]] = OrderedDict()  # pod -> what bind wrote, for /explain
         self._lock = threading.Lock()
         self._due: dict[tuple, None] = {}  # shapes waiting for the background rescoring, in order
         self._wake = threading.Condition(self._lock)
@@ -261,15 +263,41 @@ class Decider:
                 _, dropped = self._explained.popitem(last=False)
                 self._explained_nodes -= len(dropped.records)
 
-    def explain(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def bound(self, key: str, plan: dict[str, Any], breakdown: ScoreBreakdown) -> Plan | None:
+        """Record what bind wrote for the pod `key` (the plan in its annotation form); returns the
+        plan filter had for that node when bind's differs (other pods took its devices between
+        the two), else None."""
         with self._lock:
-            decision = self._explained.get(f"{namespace}/{name}")
+            decision = self._explained.get(key)
+            earlier = decision.breakdowns.get(breakdown.node) if decision is not None else None
+            changed = earlier is not None and earlier.feasible and earlier.plan != breakdown.plan
+            entry = {"node": breakdown.node, "plan": plan, "total": round(breakdown.total, 4),
+                     "reason": breakdown.reason}
+            if changed:
+                assert earlier is not None
+                node = self.view.node(breakdown.node)
+                entry["filterTimePlan"] = plan_to_dict(earlier.plan, node) if node else {}
+            self._bound.pop(key, None)
+            self._bound[key] = entry
+            while len(self._bound) > EXPLAINED_PODS:
+                self._bound.popitem(last=False)
+            return earlier.plan if changed and earlier is not None else None
+
+    def explain(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The pod's last filter-time ranking and, once bound, what bind wrote (`bound`, with the
+        filter-time plan for that node beside it when the two differ)."""
+        key = f"{namespace}/{name}"
+        with self._lock:
+            decision = self._explained.get(key)
+            bound = self._bound.get(key)
         if decision is None:
             return None
         ranked = policy.rank(decision.breakdowns.values())
         nodes = {d.node: node for d in ranked if (node := self.view.node(d.node)) is not None}
         doc = report(decision.request, ranked, nodes)
         doc["unknownNodes"] = list(decision.unknown)
+        if bound is not None:
+            doc["bound"] = bound
         return doc
 
 

@@ -108,7 +108,7 @@ def test_the_binder_keeps_its_connections_for_the_next_binding(plane):
     binder = kube.KubeBinder(api)
     for obj in created:
         binder.bind(obj, "bind-node", {"node": "bind-node", "gpus": [0], "mig": []},
-                    ScoreBreakdown("bind-node", True, False, 1.0, {}, Plan((0,)), "fits"))
+                    ScoreBreakdown("bind-node", True, False, 1.0, {}, Plan((0,)), "fits"), "GPU 0: fits")
 
     def events_posted() -> bool:
         events = plane.core.list_namespaced_event(NAMESPACE, field_selector="reason=GPUPlanned").items
