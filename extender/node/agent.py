@@ -126,6 +126,15 @@ class Agent:
         self.core.patch_node(self.node, {"metadata": {"annotations": annotations}}, field_manager=FIELD_MANAGER,
                              _content_type=MERGE_PATCH, _request_timeout=API_TIMEOUT)
 
+    def forget(self, key: str) -> None:
+        """Remove one of our annotations from the Node, if it is there (logged, never raised)."""
+        try:
+            if key in (self.core.read_node(self.node, _request_timeout=API_TIMEOUT).metadata.annotations or {}):
+                self.patch({key: None})
+                log.info("node %s: removed %s", self.node, key)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            log.error("node %s: cannot remove %s (%s)", self.node, key, exc)
+
     def run(self, stop: threading.Event) -> None:
         """A cycle every `interval` seconds until `stop` is set."""
         while not stop.wait(self.interval):
@@ -160,7 +169,7 @@ def main(*, node: str | None, kubeconfig: Path | None, cache_dir: Path | None, i
     agent = Agent(node, core, lambda: scan(cache_dir), interval=interval, heartbeat_seconds=heartbeat_seconds)
     side = None
     if kubelet is None:
-        _forget_allocations(core, node)
+        agent.forget(ann.ALLOCATIONS)  # an earlier run's read-back: the extender would trust it
     elif not once:
         side = KubeletSide(node, core, kubelet, agent.patch)
         agent.on_scan, agent.on_labels = side.set_scan, side.set_labels
@@ -191,19 +200,6 @@ def _print_inventory(cache_dir: Path | None) -> int:
     printed = {key: json.loads(value) for key, value in result.annotations.items()}
     sys.stdout.write(json.dumps(printed, indent=2, sort_keys=True) + "\n")
     return 0
-
-
-def _forget_allocations(core: client.CoreV1Api, node: str) -> None:
-    """Without read-back, remove what an earlier run read back: the extender would trust it while
-    the heartbeat lasts."""
-    try:
-        notes = core.read_node(node, _request_timeout=API_TIMEOUT).metadata.annotations or {}
-        if ann.ALLOCATIONS in notes:
-            core.patch_node(node, {"metadata": {"annotations": {ann.ALLOCATIONS: None}}}, field_manager=FIELD_MANAGER,
-                            _content_type=MERGE_PATCH, _request_timeout=API_TIMEOUT)
-            log.info("node %s: read-back off: removed %s", node, ann.ALLOCATIONS)
-    except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-        log.error("node %s: cannot remove %s (%s)", node, ann.ALLOCATIONS, exc)
 
 
 def print_devices(options: KubeletOptions, lib: object = None) -> int:

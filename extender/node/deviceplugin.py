@@ -126,12 +126,12 @@ class DevicePlugin:
             self._stop_server(resource)
 
     def set_catalog(self, catalog: Catalog) -> None:
-        """A new inventory: new resources are served at the next sync, gone ones stop."""
+        """A new inventory (admission learns it from the caller): new resources are served at the
+        next sync, gone ones stop."""
         with self._cond:
             self.catalog = catalog
             self._version += 1
             self._cond.notify_all()
-        self.admissions.set_catalog(catalog)
 
     def set_health(self, sick: dict[str, str]) -> None:
         """GPU UUID -> why, for the GPUs now unhealthy."""

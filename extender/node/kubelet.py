@@ -62,6 +62,7 @@ class KubeletSide:
                  clock: Callable[[], float] = time.monotonic):
         self.node, self.core, self.options, self.publish, self.lib, self.clock = node, core, options, publish, lib, clock
         self.catalog: Catalog | None = None
+        self._hardware: nvml.Inventory | None = None  # what the catalog was made from
         self.admissions: Admissions | None = None
         self.plugin: DevicePlugin | None = None
         self._pods: NodePods | None = None
@@ -86,10 +87,11 @@ class KubeletSide:
 
     def set_inventory(self, hardware: nvml.Inventory) -> None:
         """The latest scan: a changed inventory is advertised anew."""
-        catalog = Catalog(hardware, self.options.share_resource)
         with self._lock:
-            if self.catalog is not None and _same(self.catalog, catalog):
+            if hardware == self._hardware:
                 return
+            self._hardware = hardware
+            catalog = Catalog(hardware, self.options.share_resource)
             for note in catalog.notes:
                 log.info("node %s: %s", self.node, note)
             first = self.catalog is None
@@ -268,8 +270,3 @@ class KubeletSide:
         meta = pod.get("metadata") or {}
         self._events.post(meta.get("namespace") or "default", str(meta.get("name")), meta.get("uid"), reason,
                           f"gpu-extender device plugin on {self.node}: {message}", kind="Warning")
-
-
-def _same(a: Catalog, b: Catalog) -> bool:
-    return a.resources() == b.resources() and all(list(a.ids(r)) == list(b.ids(r)) for r in a.resources()) \
-        and {u: d.memory_mib for u, d in a.whole.items()} == {u: d.memory_mib for u, d in b.whole.items()}

@@ -251,19 +251,20 @@ class FilteredPods:
         self._lock = threading.Lock()
 
     def add(self, pod: dict[str, Any]) -> None:
+        """Keep the decoded pod itself (filter's hot path: no copy); bind slims it if it needs it."""
         uid = (pod.get("metadata") or {}).get("uid")
         if not uid:
             return
-        slim = convert.slim_pod(pod)
         with self._lock:
-            self._pods[uid] = slim
+            self._pods[uid] = pod
             self._pods.move_to_end(uid)
             while len(self._pods) > self.KEPT:
                 self._pods.popitem(last=False)
 
     def get(self, uid: str) -> dict[str, Any] | None:
         with self._lock:
-            return self._pods.get(uid)
+            pod = self._pods.get(uid)
+        return convert.slim_pod(pod) if pod is not None else None
 
 
 def _bind(view: ClusterView, decider: Decider, binder: Binder, lock: threading.Lock,
