@@ -187,6 +187,11 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     selector = spec.get("nodeSelector")
     if isinstance(selector, dict) and GFD_PRODUCT in selector:
         slim_spec["nodeSelector"] = {GFD_PRODUCT: selector[GFD_PRODUCT]}
+    allowed = _affinity_products(spec.get("affinity"))
+    if allowed is not None:  # kept as one term naming the products: all that gpu_models reads
+        slim_spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": GFD_PRODUCT, "operator": "In", "values": sorted(allowed)}]}]}}}
     for key in ("containers", "initContainers"):
         if spec.get(key):
             slim_spec[key] = [
@@ -202,12 +207,12 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
 
 def shape(pod: Mapping[str, Any], share_resource: str) -> Shape | None:
     """The pod's shape in the fragmentation signal's target workload: its whole `nvidia.com/gpu`
-    (1000 milli each) or one GPU's share in `share_resource`; the GPU models it may run on, the
-    product its nodeSelector names (`nvidia.com/gpu.product`), else any. CPU is left at 0: the
-    extender knows no node's free CPU, so it would only split the counts. None for a pod that
-    counts in no shape: finished, unreadable, asking for MIG instances only, a share that is no
-    share (1000 or more, or beside other GPU resources), or selecting a MIG product (single
-    strategy: its `nvidia.com/gpu` are MIG instances)."""
+    (1000 milli each) or one GPU's share in `share_resource`; the GPU models it may run on
+    (`gpu_models`). CPU is left at 0: the extender knows no node's free CPU, so it would only
+    split the counts. None for a pod that counts in no shape: finished, unreadable, asking for
+    MIG instances only, a share that is no share (1000 or more, or beside other GPU
+    resources), or selecting MIG products only (single strategy: its `nvidia.com/gpu` are MIG
+    instances)."""
     if (pod.get("status") or {}).get("phase") in FINISHED_PHASES:
         return None
     try:
@@ -219,13 +224,48 @@ def shape(pod: Mapping[str, Any], share_resource: str) -> Shape | None:
         return None
     if not gpus and not milli:
         return None
-    selector = (pod.get("spec") or {}).get("nodeSelector")
-    product = str(selector.get(GFD_PRODUCT) or "") if isinstance(selector, Mapping) else ""
-    base, _, single_profile = product.partition("-MIG-")
-    if single_profile:
+    models = gpu_models(pod)
+    if models is None:
         return None
-    models = frozenset((base,)) if base else frozenset()
     return Shape(1, milli, 0, models) if milli else Shape(gpus, MILLI_PER_GPU, 0, models)
+
+
+def gpu_models(pod: Mapping[str, Any]) -> frozenset[str] | None:
+    """The GPU products (`nvidia.com/gpu.product`) the pod may run on, from its nodeSelector and
+    its required node affinity (terms are ORed: products are named only if every term names
+    them with `In`); empty: any. None when it selects MIG products only (single strategy)."""
+    spec = pod.get("spec") or {}
+    selector = spec.get("nodeSelector")
+    named = str(selector.get(GFD_PRODUCT) or "") if isinstance(selector, Mapping) else ""
+    chosen = {named} if named else None
+    allowed = _affinity_products(spec.get("affinity"))
+    if allowed is not None:
+        chosen = allowed if chosen is None else chosen & allowed
+    if chosen is None:
+        return frozenset()
+    whole = frozenset(p for p in chosen if "-MIG-" not in p)
+    return whole or None
+
+
+def _affinity_products(affinity: Any) -> set[str] | None:
+    """The products the required node affinity allows (None: any)."""
+    try:
+        terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    except (KeyError, TypeError):
+        return None
+    if not isinstance(terms, list) or not terms:
+        return None
+    allowed: set[str] = set()
+    for term in terms:
+        values = None
+        for expr in (term or {}).get("matchExpressions") or () if isinstance(term, Mapping) else ():
+            if isinstance(expr, Mapping) and expr.get("key") == GFD_PRODUCT and expr.get("operator") == "In":
+                these = {str(v) for v in expr.get("values") or ()}
+                values = these if values is None else values & these
+        if values is None:
+            return None  # this term lets the pod run on any product
+        allowed |= values
+    return allowed
 
 
 def slim_node(node: Mapping[str, Any], share_resource: str) -> dict[str, Any]:

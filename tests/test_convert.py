@@ -243,3 +243,28 @@ def test_pod_shapes_for_the_target_workload():
 ])
 def test_pods_in_no_shape(obj):
     assert convert.shape(obj, SHARE) is None
+
+
+def test_gpu_models_from_the_node_selector_and_the_required_node_affinity():
+    def affinity(*terms):
+        return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": list(terms)}}}
+
+    def product_in(*values, operator="In"):
+        return {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": operator, "values": list(values)}]}
+
+    v100s = affinity(product_in("Tesla-V100-SXM2-16GB", "Tesla-V100-SXM2-32GB"))
+    one_gpu = {"nvidia.com/gpu": "1"}
+    assert convert.shape(pod(limits=one_gpu, affinity=v100s), SHARE).models == {
+        "Tesla-V100-SXM2-16GB", "Tesla-V100-SXM2-32GB"}
+    # Terms are ORed: a term that does not name products lets the pod run on any.
+    zone = {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+    assert convert.gpu_models(pod(affinity=affinity(product_in("A"), zone))) == frozenset()
+    assert convert.gpu_models(pod(affinity=affinity(product_in("A"), product_in("B")))) == {"A", "B"}
+    assert convert.gpu_models(pod(affinity=affinity(product_in("A", operator="NotIn")))) == frozenset()
+    # With a nodeSelector too, both must hold.
+    both = pod(nodeSelector={"nvidia.com/gpu.product": "A"}, affinity=affinity(product_in("A", "B")))
+    assert convert.gpu_models(both) == {"A"}
+    assert convert.gpu_models(pod(affinity=affinity(product_in("A-MIG-1g.5gb")))) is None
+    # The slimmed pod keeps what gpu_models reads.
+    assert convert.shape(convert.slim_pod(pod(limits=one_gpu, affinity=v100s)), SHARE).models == {
+        "Tesla-V100-SXM2-16GB", "Tesla-V100-SXM2-32GB"}
