@@ -197,6 +197,12 @@ class GpuSample:
     at: float
 
 
+def node_sample_key(node: str) -> str:
+    """The key, among samples by GPU UUID, of a node's node-level sample: the mean load of the
+    GPUs DCGM reports for the node, for nodes whose GPUs we have no inventory of."""
+    return f"node/{node}"
+
+
 @dataclass(frozen=True, slots=True)
 class SignalResult:
     """What one signal says about one node for one pod.

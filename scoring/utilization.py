@@ -11,6 +11,10 @@ to GPUs with fresh samples:
     score = 1 - load(N)                     when only N has data
     score = 0.5                             when nothing fresh is known: neutral, never an error
 
+A node without GPU inventory (no agent) cannot match samples to GPUs by UUID; it reads its
+node-level sample (`node_sample_key`: the mean load of the GPUs its dcgm-exporter reports,
+matched to the node by discovery or the exporter's Hostname label): score = 1 - that load.
+
 The node term keeps latency-critical pods away from busy neighbours even when their own GPUs are
 idle; the plan term away from GPUs that are busy although no pod is known to hold them.
 """
@@ -20,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from scoring.model import NEUTRAL, GpuNode, GpuSample, Plan, SignalResult
+from scoring.model import NEUTRAL, GpuNode, GpuSample, Plan, SignalResult, node_sample_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +46,7 @@ def evaluate(
     args: UtilizationArgs,
 ) -> SignalResult:
     if not node.gpus:
-        return SignalResult(True, NEUTRAL, "no GPU inventory to match DCGM data")
+        return _node_level(samples.get(node_sample_key(node.name)), now, args)
     fresh: dict[int, float] = {}
     stale_age = 0.0
     for gpu in node.gpus:
@@ -70,3 +74,14 @@ def evaluate(
         score = 1.0 - node_load
         reason = f"node GPUs {node_load:.0%} busy"
     return SignalResult(True, score, reason)
+
+
+def _node_level(sample: GpuSample | None, now: float, args: UtilizationArgs) -> SignalResult:
+    """A node without GPU inventory, from its node-level sample."""
+    if sample is None:
+        return SignalResult(True, NEUTRAL, "no GPU inventory, and no DCGM data matched to the node: neutral")
+    age = now - sample.at
+    if age > args.ttl_seconds:
+        return SignalResult(True, NEUTRAL, f"DCGM data {age:.0f}s old (ttl {args.ttl_seconds:.0f}s): neutral")
+    busy = load(sample)
+    return SignalResult(True, 1.0 - busy, f"node GPUs {busy:.0%} busy (DCGM by node: no GPU inventory)")

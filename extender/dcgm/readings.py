@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from scoring.mig_catalog import COMPUTE_SLICES, compute_slices
-from scoring.model import GpuSample
+from scoring import utilization
+from scoring.model import GpuSample, node_sample_key
 
 GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
 GR_ENGINE_ACTIVE = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
@@ -158,6 +159,21 @@ def aggregate(rows: Iterable[Row], default_time: float) -> Reading:
             at=at,
         )
     return Reading(samples, hosts)
+
+
+def node_samples(samples: Mapping[str, GpuSample], owners: Mapping[str, str],
+                 nodes: Collection[str]) -> dict[str, GpuSample]:
+    """Node-level samples (`node_sample_key`) for the `nodes` that own GPUs in `owners` (GPU
+    UUID -> node name): util is the mean load of the node's GPUs, dated by the oldest of them
+    (the node is no fresher than its stalest GPU); framebuffer figures are folded into util."""
+    loads: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for uuid, node in owners.items():
+        sample = samples.get(uuid)
+        if sample is not None and node in nodes:
+            loads[node].append((utilization.load(sample), sample.at))
+    return {node_sample_key(node): GpuSample(sum(u for u, _ in figures) / len(figures), 0.0, 0.0,
+                                             min(at for _, at in figures))
+            for node, figures in loads.items()}
 
 
 def load_dump(path: Path) -> dict[str, GpuSample]:

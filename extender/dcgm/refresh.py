@@ -20,10 +20,14 @@ see scoring/utilization.py, and scores a GPU without a fresh sample neutral):
 - An exporter that answers replaces all its samples: a GPU it no longer reports has none.
 - An exporter that leaves discovery loses its samples at once. A GPU node (GPU inventory or GPU
   resources) without a discovered exporter has none: counted as `missing`.
+- Nodes without GPU inventory (no agent) get a node-level sample (`readings.node_samples`): the
+  GPUs an exporter reports belong to the node discovery names for it, else to the node its
+  Hostname label names (Prometheus: the Hostname label).
 - Discovery failing (`discovery`: the API server away or refusing) keeps the last exporter list.
 - Prometheus: a failed query keeps the last result (aged by the TTL as above). A GPU Prometheus no
   longer returns (its series went stale there once its exporter stopped answering) has no sample;
-  a node with GPU inventory none of whose GPUs Prometheus returns is counted as `missing`.
+  a GPU node none of whose GPUs Prometheus returns (by UUID, or by Hostname for a node without
+  inventory) is counted as `missing`.
 
 Accounting: gpu_extender_dcgm_failures_total{reason} counts each failing source (or missing
 node) once per round; gpu_extender_dcgm_sources{state="ok|failing"} the last round's sources;
@@ -55,7 +59,7 @@ from prometheus_client.registry import Collector
 from extender.dcgm import readings
 from extender.cluster import ClusterView
 from extender.dcgm.discovery import DiscoveryError, Endpoint, PodEndpoints, ServiceEndpoints
-from scoring.model import GpuSample
+from scoring.model import GpuSample, node_sample_key
 
 log = logging.getLogger("gpu_extender.dcgm")
 
@@ -185,8 +189,12 @@ class ScrapeSource:
         listed = {endpoint.url for endpoint in self._endpoints}
         self._good = {url: reading for url, reading in self._good.items() if url in listed}
         self._running = {url: f for url, f in self._running.items() if url in listed or not f.done()}
-        for reading in self._good.values():
+        node_of = {endpoint.url: endpoint.node for endpoint in self._endpoints}
+        owners: dict[str, str] = {}
+        for url, reading in self._good.items():
             result.samples.update(reading.samples)
+            owners.update((uuid, node_of.get(url) or reading.hosts.get(uuid, "")) for uuid in reading.samples)
+        result.samples.update(readings.node_samples(result.samples, owners, gpu_nodes))
         with_exporter = {endpoint.node for endpoint in self._endpoints}
         result.missing = sorted(node for node in gpu_nodes if node not in with_exporter)
         return result
@@ -218,7 +226,7 @@ class PrometheusSource:
     def __init__(self, url: str, timeout: float):
         self.url, self.timeout = url.rstrip("/"), timeout
         self.session = http_session(1)
-        self._last = readings.Reading()
+        self._last: dict[str, GpuSample] = {}
 
     def __str__(self) -> str:
         return f"Prometheus at {self.url}"
@@ -228,13 +236,16 @@ class PrometheusSource:
         try:
             reading = readings.read_query_results(self._query(VALUES_QUERY, at), self._query(TIMES_QUERY, at))
         except ReadFailure as failure:
-            return Round(dict(self._last.samples), failures=[Failure(str(self), failure.reason, failure.detail)])
+            return Round(dict(self._last), failures=[Failure(str(self), failure.reason, failure.detail)])
         except readings.MetricsError as exc:
-            return Round(dict(self._last.samples), failures=[Failure(str(self), GARBAGE, str(exc))])
-        self._last = reading
+            return Round(dict(self._last), failures=[Failure(str(self), GARBAGE, str(exc))])
+        samples = dict(reading.samples)
+        samples.update(readings.node_samples(reading.samples, reading.hosts, gpu_nodes))
+        self._last = samples
         returned = reading.samples.keys()
-        missing = sorted(node for node, uuids in gpu_nodes.items() if uuids and returned.isdisjoint(uuids))
-        return Round(dict(reading.samples), reached=[str(self)], missing=missing)
+        missing = sorted(node for node, uuids in gpu_nodes.items()
+                         if returned.isdisjoint(uuids) and node_sample_key(node) not in samples)
+        return Round(samples, reached=[str(self)], missing=missing)
 
     def _query(self, query: str, at: float) -> Any:
         body = fetch(self.session, f"{self.url}/api/v1/query", self.timeout, {"query": query, "time": f"{at:.3f}"})

@@ -35,8 +35,12 @@ def test_scrape_and_prometheus_modes_read_the_same_numbers(fleet):
     result = query.refresh()
     assert result.failures == [] and result.missing == []
     uuids = {node_uuid(node, i) for node in nodes for i in range(4)}
-    assert set(scraped_view.samples) == uuids
+    by_node = {f"node/{node}" for node in nodes}  # node-level samples: by discovery, by Hostname
+    assert set(scraped_view.samples) == uuids | by_node
     assert set(queried_view.samples) & {node_uuid(n, i) for n in nodes + FAULTY for i in range(4)} == uuids
+    assert set(queried_view.samples) & {f"node/{n}" for n in nodes + FAULTY} == by_node
+    for key in by_node:
+        assert queried_view.samples[key].util == pytest.approx(scraped_view.samples[key].util)
     now = time.time()
     for uuid in uuids:
         scraped, queried = scraped_view.samples[uuid], queried_view.samples[uuid]

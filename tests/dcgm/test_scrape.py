@@ -17,9 +17,10 @@ from extender.cluster import ClusterView
 from extender.dcgm.discovery import DiscoveryError, Endpoint
 from extender.dcgm.refresh import GRACE, Failure, FailureLog, Refresher, Round, ScrapeSource
 from scoring.config import PolicyConfig
-from scoring.model import NEUTRAL
+from scoring import utilization
+from scoring.model import NEUTRAL, Plan
 from tests.dcgm.conftest import Counted, gpu_view, utilization_of
-from tests.dcgm.harness import ROOT, Exporter, node_text, node_uuid
+from tests.dcgm.harness import ROOT, Exporter, busy_text, node_text, node_uuid
 
 LOGGER = "gpu_extender.dcgm"
 
@@ -251,3 +252,31 @@ def test_the_webhook_answers_promptly_during_a_slow_scrape():
         refresh.source.close()
     finally:
         slow.stop()
+
+
+@pytest.mark.parametrize("named_by", ["discovery", "hostname"])
+def test_a_node_without_the_agent_gets_its_utilization_at_node_level(named_by):
+    """A node with GPUs but no agent inventory (only nvidia.com/gpu allocatable) cannot match
+    samples by UUID; its exporter's GPUs are its own by discovery's node name or, where
+    discovery does not say, by the exporter's Hostname label."""
+    hot = Exporter(busy_text("plain-hot", 4, 0.97))
+    cool = Exporter(busy_text("plain-cool", 4, 0.10))
+    try:
+        view = ClusterView(PolicyConfig())
+        view.replace_all([{"kind": "Node", "metadata": {"name": name, "labels": {}},
+                           "status": {"allocatable": {"nvidia.com/gpu": "4"}}}
+                          for name in ("plain-hot", "plain-cool", "plain-dark")], [])
+        nodes = {"plain-hot": hot, "plain-cool": cool}
+        refresh, counted = refresher(view, [Endpoint(name if named_by == "discovery" else "", exporter.url)
+                                            for name, exporter in nodes.items()])
+        result = refresh.refresh()
+        assert result.failures == []
+        scores = {name: utilization.evaluate(view.node(name), Plan(), view.samples, view.now(),
+                                             view.config.utilization) for name in ("plain-hot", "plain-cool", "plain-dark")}
+        assert scores["plain-hot"].score == pytest.approx(0.03)
+        assert scores["plain-cool"].score == pytest.approx(0.90)
+        assert "97% busy" in scores["plain-hot"].reason and "by node" in scores["plain-hot"].reason
+        assert scores["plain-dark"].score == NEUTRAL  # no exporter reports it: neutral
+    finally:
+        hot.stop()
+        cool.stop()
