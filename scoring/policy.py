@@ -22,6 +22,9 @@ cluster) and by default neither spread nor pack (their allocation weight is 0): 
 stood in for, GPUs with headroom, the utilization signal measures from DCGM, and the model cache
 the locality signal.
 
+The memory signal (`scoring/memory.py`) only rejects: a plan whose devices cannot hold the
+pod's model.
+
 GPU capacity is counted in GPUs; a MIG instance counts as its share of memory slices (1g.10gb on
 an H100 = 1/8), a GPU share as its thousandths (300 milli = 0.3). A node is feasible when every
 signal is; batch pods are also rejected on nodes matching `headroom.nodeSelector` when they would
@@ -40,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
-from scoring import fragmentation, locality, mig, sharing, topology, utilization
+from scoring import fragmentation, locality, memory, mig, sharing, topology, utilization
 from scoring.config import PolicyConfig
 from scoring.mig_catalog import COMPUTE_SLICES, MEMORY_SLICES, compute_slices, profiles_for
 from scoring.model import (
@@ -119,6 +122,7 @@ def score_node(
     }
     plan = signals["mig"].plan.merged(signals["topology"].plan).merged(signals["sharing"].plan)
     signals["utilization"] = utilization.evaluate(node, plan, samples, now, config.utilization)
+    signals["memory"] = memory.evaluate(node, request, plan, spread.size if spread else request.model_size or 0)
     failed = [s for s in signals.values() if not s.feasible]
     if failed:
         reason = "; ".join(s.reason for s in failed)

@@ -25,6 +25,7 @@ def on_node(node: str) -> list[str]:
 def preemptor(gpus: int, workload: str, priority: int) -> dict:
     pod = copy.deepcopy(TP4)
     pod["metadata"]["annotations"]["gpu-extender.io/class"] = workload
+    pod["metadata"]["annotations"].pop("gpu-extender.io/model")  # victims, not memory fit, are tested here
     pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = gpus
     pod["spec"]["priority"] = priority
     return pod
