@@ -34,8 +34,10 @@ latency-critical pods.
 Preemption: `may_evict` says which classes a pod may evict (never a latency-critical pod);
 victims are chosen lowest priority first, then pruned to the fewest that still make room.
 
-The scheduler's integer: infeasible nodes get 0; feasible ones 1..10 by min-max scaling of
-`total` over the feasible nodes (all 10 when they are equal), so the best node always gets 10.
+The scheduler's integer: infeasible nodes get 0; the best feasible node 10, the others at most
+9 and one point less per ninth of the range of feasible totals, a range of at least
+`MIN_SPAN`: totals closer than the signals can tell apart are not stretched over the whole
+1..10, yet the best still stands alone (with `serve --best-only`, only it passes filter).
 """
 
 from __future__ import annotations
@@ -168,12 +170,20 @@ def scheduler_scores(decisions: Iterable[ScoreBreakdown]) -> dict[str, int]:
     return {d.node: scheduler_score(d.total, low, high) if d.feasible else 0 for d in decisions}
 
 
+MIN_SPAN = 0.03
+"""The least range of totals scaled onto 1..10. A total is mostly the fragmentation score
+1 / (1 + loss / 1000 milli): 0.03 is about a tenth of a GPU of loss where most placements sit
+(one to two GPUs), finer than the target workload, estimated from counted pods, can tell."""
+
+
 def scheduler_score(total: float, low: float, high: float) -> int:
-    """A feasible node's integer: 1 + round(9 (total - low) / (high - low)) over the feasible
-    candidates' totals low..high; 10 when they are all equal. Non-decreasing in `total`."""
-    if high <= low:
+    """A feasible node's integer: 10 - round(9 (high - total) / max(high - low, MIN_SPAN)) over
+    the feasible candidates' totals low..high, and at most 9 below the best: a near-tie is
+    still decided our way (packing, for batch pods), only not stretched. Non-decreasing in
+    `total`; the best gets 10."""
+    if total >= high:
         return 10
-    return 1 + round((total - low) * 9 / (high - low))
+    return min(9, 10 - round((high - total) * 9 / max(high - low, MIN_SPAN)))
 
 
 def rank(decisions: Iterable[ScoreBreakdown]) -> list[ScoreBreakdown]:

@@ -363,3 +363,17 @@ def test_rank_with_no_feasible_node_gives_all_zero():
 
 def test_rank_of_nothing_is_empty():
     assert policy.rank([]) == []
+
+
+def test_totals_closer_than_the_signals_resolve_are_not_stretched_over_the_scale():
+    # Fragmentation scores of 0.3289 and 0.3203 (a tenth of a GPU of loss apart) used to map to
+    # 10 and 1; now the best gets 10 and the other stays near it.
+    close = policy.scheduler_scores([breakdown("a", 0.3289), breakdown("b", 0.3203)])
+    assert close == {"a": 10, "b": 7}
+    # Totals as far apart as MIN_SPAN or more are scaled over the whole 1..10, as before.
+    far = policy.scheduler_scores([breakdown("a", 0.9), breakdown("b", 0.5), breakdown("c", 0.75)])
+    assert far == {"a": 10, "b": 1, "c": 7}
+    assert policy.scheduler_scores([breakdown("a", 0.5), breakdown("b", 0.5)]) == {"a": 10, "b": 10}
+    # A node a hair below the best is still below it: the near-tie is decided, not stretched.
+    assert policy.scheduler_scores([breakdown("a", 0.5), breakdown("b", 0.4999)]) == {"a": 10, "b": 9}
+    assert policy.scheduler_scores([breakdown("a", 0.5), breakdown("b", 0.0, feasible=False)]) == {"a": 10, "b": 0}

@@ -3,7 +3,7 @@
 Two clusters with the same nodes in the same state: "packed" (4 GPUs, 0 and 1 held) and "roomy"
 (4 GPUs, 0 held). Where the cluster's pods are mostly 2-GPU pods, a 1-GPU batch pod goes to
 roomy (on packed it would break up the last free pair); where they are 1-GPU pods, it costs the
-workload the same on both, and packing puts it on packed.
+workload the same on both, and packing puts it on packed (by a point: the totals are close).
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ def test_a_one_gpu_pod_keeps_the_last_free_pair_for_the_pairs_the_cluster_runs(p
 
 def test_a_one_gpu_pod_packs_where_the_cluster_runs_single_gpu_pods(singles_server):
     scores, best = placed(singles_server, "finetune", gpus(1), ["packed", "roomy"])
-    assert scores == {"packed": 10, "roomy": 1}
-    assert best["node"] == "packed" and "fragmentation: takes 2.00 GPU" in best["reason"]
+    # Fragmentation cannot tell them apart: packing decides, without stretching the difference.
+    assert scores == {"packed": 10, "roomy": 9}
+    assert best["node"] == "packed" and "fragmentation: takes" in best["reason"]
 
 
 def test_a_share_goes_where_it_leaves_room_for_the_shares_the_cluster_runs(pairs_server):
