@@ -13,7 +13,7 @@ import copy
 import json
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
@@ -24,6 +24,7 @@ from extender import convert, snapshot
 from extender.dcgm import readings
 from extender.annotations import plan_to_dict
 from extender.shapes import ShapeCounts, Target
+from scoring import fragmentation
 from scoring.config import PolicyConfig
 from scoring.locality import ModelSpread
 from scoring.model import GpuNode, GpuSample, Plan, PodRequest
@@ -67,6 +68,8 @@ class ClusterView:
         self._changes_base = 0  # sequence number of _changes[0]
         self._models: dict[str, dict[str, int]] = defaultdict(dict)  # model -> node -> bytes cached
         self._gpu_nodes: set[str] = set()
+        self._supply: dict[str, fragmentation.NodeKind] = {}  # node -> its kind, for the target workload
+        self._supply_moved = False
         self._shapes = ShapeCounts(config.fragmentation.coverage)
         self.samples: Mapping[str, GpuSample] = {}
         self.samples_revision = 0
@@ -107,19 +110,20 @@ class ClusterView:
         """Start over from full lists (a snapshot)."""
         with self._lock:
             self._rebuild_all(self._set_nodes(nodes) | self._set_pods(pods))
-            self._shapes.publish()
+            self._publish()
             self.synced = True
 
     def replace_nodes(self, nodes: Iterable[Obj]) -> None:
         """All nodes, from a (re-)list."""
         with self._lock:
             self._rebuild_all(self._set_nodes(nodes))
+            self._publish()
 
     def replace_pods(self, pods: Iterable[Obj]) -> None:
         """All pods, from a (re-)list."""
         with self._lock:
             self._rebuild_all(self._set_pods(pods))
-            self._shapes.publish()
+            self._publish()
 
     def _set_nodes(self, nodes: Iterable[Obj]) -> set[str]:
         old = set(self._raw_nodes)
@@ -151,6 +155,7 @@ class ClusterView:
             self._raw_nodes[name] = convert.slim_node(node, self.config.sharing.resource)
             self._bases.pop(name, None)
             self._rebuild(name)
+            self._publish()
 
     def remove_node(self, name: str) -> None:
         with self._lock:
@@ -158,12 +163,13 @@ class ClusterView:
             self._bases.pop(name, None)
             self._actual.pop(name, None)
             self._rebuild(name)
+            self._publish()
 
     def upsert_pod(self, pod: Obj) -> None:
         with self._lock:
             for name in self._drop_pod(pod_key(pod)) | self._store_pod(pod):
                 self._rebuild(name)
-            self._shapes.publish()
+            self._publish()
 
     def remove_pod(self, key: str) -> None:
         with self._lock:
@@ -172,7 +178,14 @@ class ClusterView:
                 self._reported_mismatch.discard(convert.name_of(old))
             for name in self._drop_pod(key):
                 self._rebuild(name)
-            self._shapes.publish()
+            self._publish()
+
+    def _publish(self) -> None:
+        """Publish the target workload if it moved, with the supply of the nodes as built now."""
+        if self._supply_moved:
+            self._shapes.set_supply(fragmentation.Supply(Counter(self._supply.values())))
+            self._supply_moved = False
+        self._shapes.publish()
 
     def set_samples(self, samples: Mapping[str, GpuSample]) -> None:
         with self._lock:
@@ -273,6 +286,7 @@ class ClusterView:
             del self._changes[:drop]
             self._changes_base += drop
         if name not in self._raw_nodes:
+            self._note_supply(name, None)
             return None
         base, expires = self._base(name, self.now())
         holders = self._holders(name, set())
@@ -286,7 +300,19 @@ class ClusterView:
                 self._models[model][name] = size
         if node.allocatable or node.gpus:
             self._gpu_nodes.add(name)
+        self._note_supply(name, node)
         return node
+
+    def _note_supply(self, name: str, node: GpuNode | None) -> None:
+        """Keep the node's part of the supply; a change is published with the next workload."""
+        count = len(fragmentation.node_free(node)[0]) if node is not None else 0
+        entry = fragmentation.NodeKind(node.product, count) if count else None
+        if self._supply.get(name) != entry:
+            if entry is None:
+                del self._supply[name]
+            else:
+                self._supply[name] = entry
+            self._supply_moved = True
 
     def _base(self, name: str, now: float) -> tuple[GpuNode, float]:
         """The node without its pods and when its agent data ages out, converted again only after

@@ -7,10 +7,13 @@ most), but published, with the next revision, only when it differs from the publ
 to be worth scoring every node again:
 
     publish W  iff  shapes(W) != shapes(W0)  or  max_m |p_m(W) - p_m(W0)| > TOLERANCE
+                    or the cluster's supply (its kinds of nodes) changed
 
 W0 is the workload last published, not the last one worked out, so a slow drift adds up until it
-crosses the tolerance. Each publication is a new `Workload` object: the fragmentation measures
-are memoised on its identity.
+crosses the tolerance. The supply (`fragmentation.Supply`, kept by the view from its nodes)
+weighs the shapes, adds the prior for large pods and leaves out shapes no node could hold.
+Each publication is a new `Workload` object: the fragmentation measures are memoised on its
+identity.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 
-from scoring.fragmentation import Shape, Workload, target_workload
+from scoring.fragmentation import Shape, Supply, Workload, target_workload
 from scoring.model import MILLI_PER_GPU
 
 log = logging.getLogger("gpu_extender.shapes")
@@ -42,8 +45,16 @@ class ShapeCounts:
     def __init__(self, coverage: float):
         self.coverage = coverage
         self.target = Target(0, Workload(()))
+        self.supply: Supply | None = None
+        self._supply_moved = False
         self._of: dict[str, Shape] = {}
         self._counts: Counter[Shape] = Counter()
+
+    def set_supply(self, supply: Supply) -> None:
+        """The cluster's supply for the next publication (published then even if no shape moved)."""
+        if supply != self.supply:
+            self.supply = supply
+            self._supply_moved = True
 
     def add(self, key: str, shape: Shape | None) -> None:
         """Count the pod `key` as `shape` (None: in no shape); it must not be counted already."""
@@ -65,9 +76,10 @@ class ShapeCounts:
     def publish(self) -> bool:
         """Publish the workload of the current counts if it moved (see the module docstring);
         whether it did."""
-        workload = target_workload(self._counts, self.coverage)
-        if not moved(self.target.workload, workload):
+        workload = target_workload(self._counts, self.coverage, self.supply)
+        if not self._supply_moved and not moved(self.target.workload, workload):
             return False
+        self._supply_moved = False
         self.target = Target(self.target.revision + 1, workload)
         log.info("target workload %d: %s", self.target.revision,
                  ", ".join(f"{_name(s)} {p:.2f}" for s, p in workload.shapes) or "no GPU pods")

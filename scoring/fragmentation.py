@@ -3,7 +3,23 @@
 After FGD (Weng et al., USENIX ATC '23, "fragmentation gradient descent"), with a second,
 capacity-aware view added to FGD's. The target workload M is a distribution of pod shapes m:
 k_m GPUs of g_m milli each (a share of one GPU when g_m < 1000), c_m milli-CPU, the GPU models
-S_m it may run on (empty: any), with popularity p_m (sum 1). A node n offers free milli
+S_m it may run on (empty: any), with popularity p_m (sum 1). Each shape weighs
+
+    w_m = p_m * (G / G(m)) / W     G: the cluster's GPUs; G(m): the GPUs of the nodes whose
+                                   model is in S_m and whose CPU is at least c_m; W: the sum
+                                   of p_m G / G(m), so that the w_m sum to 1 as the p_m do
+
+so a shape that may use only a few of the cluster's GPUs weighs as much per GPU it may use as
+any other does per GPU it may use: a node's free capacity is worth what the pods that can run
+there can use, and the nodes only some pods can use (a scarce GPU model, the only nodes with
+CPU enough for 8-GPU pods of 120 cores) are kept for them. With the supply unknown w_m = p_m.
+(Summing to 1 keeps each half of the loss below non-negative: unnormalised, a shape of a
+model with two GPUs in the cluster weighed thousands and every node's loss went to 0.) A
+node's GPU count is left out of G(m): fits_m already counts how many m-pods a node can take,
+and weighing multi-GPU shapes up by it cost 0.3 point on the default openb list.
+With the cluster's supply known, the
+target workload also leaves out shapes no node could hold and adds a fading prior for pods of
+a whole largest node (`target_workload`, `PRIOR_PODS`). A node n offers free milli
 f_1..f_G on its GPUs, free CPU c(n) (unknown: no limit) and GPU model mu(n). How many m-pods n
 could still take, m alone:
 
@@ -13,9 +29,9 @@ could still take, m alone:
 
 Two views of what n can still do for the workload:
 
-    usable(n) = sum_m p_m * k_m * g_m * fits_m(n)      milli of m-pods n could still serve: exact
+    usable(n) = sum_m w_m * k_m * g_m * fits_m(n)      milli of m-pods n could still serve: exact
                                                         remainders, multiples of k_m, CPU-starved
-    S(n)      = sum_m p_m * (sum_{i: f_i < g_m} f_i  if fits_m(n) > 0  else  sum_i f_i)
+    S(n)      = sum_m w_m * (sum_{i: f_i < g_m} f_i  if fits_m(n) > 0  else  sum_i f_i)
                                                         FGD's fragmentation: GPUs too small for m
 
 Placing pod q (r_q milli in all) on GPUs P of n (n' = n with q on P) costs
@@ -25,7 +41,8 @@ Placing pod q (r_q milli in all) on GPUs P of n (n' = n with q on P) costs
 
 The first part is the workload capacity the pod removes, the second FGD's fragmentation gradient
 (plus r_q, which is the same on every node): on the Alibaba openb trace either alone does worse
-than FGD on some pod list, their sum better on all (benchmarks/README.md). One GPU of loss halves
+than FGD on some pod list, their sum better on all (benchmarks/README.md); with p_m in place
+of w_m it fell behind FGD on lists where a third of the pods name their GPU model. One GPU of loss halves
 the score. The GPUs: whole-GPU pods take free whole GPUs (which ones is topology's business); a
 share pod takes the GPU with the least loss, ties to the fullest, then lowest index: the
 signal's plan names it.
@@ -68,6 +85,53 @@ MEMO_ENTRIES = 1 << 18
 _MISSING = object()
 
 
+PRIOR_PODS = 10
+"""The prior: `prior(N)` pseudo-pods of one whole node of the cluster's largest size, added to
+the N counted pods. With few pods counted the workload still holds large pods, so a whole idle
+8-GPU node is worth keeping (50 pods counted: 3% of the workload). It fades faster than the
+counts grow, 1/N, because the pods counted are the evidence (1,000 pods: 0.01%; even that
+much moved placements on the trace, benchmarks/README.md), and it adds to the counts of a
+workload that has such pods itself."""
+
+
+def prior(counted: int) -> float:
+    """The prior's pseudo-pods with `counted` pods counted: PRIOR_PODS^2 / (PRIOR_PODS + counted)."""
+    return PRIOR_PODS * PRIOR_PODS / (PRIOR_PODS + counted)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeKind:
+    """Nodes alike for the target workload: GPU model, GPUs the signal measures (not MIG), CPU
+    milli (None: unknown, no limit)."""
+
+    model: str
+    gpus: int
+    cpu_milli: int | None = None
+
+    def suits(self, shape: Shape) -> bool:
+        """Whether the node's model and CPU suit a pod of `shape` (its GPU count aside)."""
+        return (bool(self.gpus) and (not shape.models or self.model in shape.models)
+                and (self.cpu_milli is None or self.cpu_milli >= shape.cpu_milli))
+
+
+@dataclass(frozen=True, slots=True)
+class Supply:
+    """What the cluster offers the target workload: how many nodes of each kind."""
+
+    nodes: Mapping[NodeKind, int]
+
+    def gpus(self, shape: Shape | None = None) -> int:
+        """G(m): the GPUs of the nodes whose model and CPU suit `shape` (None: all GPUs)."""
+        return sum(kind.gpus * n for kind, n in self.nodes.items() if shape is None or kind.suits(shape))
+
+    def holds(self, shape: Shape) -> bool:
+        """Whether some node could hold a pod of `shape` when empty."""
+        return any(kind.suits(shape) and kind.gpus >= shape.gpus for kind in self.nodes)
+
+    def largest(self) -> int:
+        return max((kind.gpus for kind in self.nodes), default=0)
+
+
 @dataclass(frozen=True, slots=True)
 class FragmentationArgs:
     # The target workload keeps the most frequent shapes covering this share of the counted pods.
@@ -97,6 +161,8 @@ class Workload:
     the memoised measures below key on it cheaply; build one per change of the counts."""
 
     shapes: tuple[tuple[Shape, float], ...]
+    weights: tuple[float, ...] = ()
+    """w_m per shape, in the order of `shapes` (empty: w_m = p_m)."""
     memo: dict[tuple, Any] = field(default_factory=dict, repr=False)
     """What was computed under this workload (`_measures`, `_place`): goes with it."""
 
@@ -111,11 +177,19 @@ def _remembered(workload: Workload, key: tuple, compute: Callable[[], Any]) -> A
     return found
 
 
-def target_workload(counts: Mapping[Shape, int], coverage: float = 1.0) -> Workload:
+def target_workload(counts: Mapping[Shape, int], coverage: float = 1.0,
+                    supply: Supply | None = None) -> Workload:
     """FGD's target workload: the most frequent shapes (ties: larger first), taken until they
     cover `coverage` of the counted pods, then those that ask for GPUs, popularity renormalised
-    over them. Non-positive counts are left out."""
-    ranked = sorted(((s, n) for s, n in counts.items() if n > 0),
+    over them. Non-positive counts are left out. With the cluster's `supply`: shapes no node
+    could hold are left out too (they would shape everyone's placement and never run), the
+    prior (`PRIOR_PODS`) is added, and the shapes get their weights w_m."""
+    counts = {s: n for s, n in counts.items() if n > 0 and (supply is None or supply.holds(s))}
+    largest = supply.largest() if supply else 0
+    if largest > 1:
+        whole = Shape(largest, MILLI)
+        counts[whole] = counts.get(whole, 0) + prior(sum(counts.values()))
+    ranked = sorted(counts.items(),
                     key=lambda sn: (-sn[1], -sn[0].gpus, -sn[0].milli, -sn[0].cpu_milli,
                                     sorted(sn[0].models)))
     pods = sum(n for _, n in ranked)
@@ -128,7 +202,19 @@ def target_workload(counts: Mapping[Shape, int], coverage: float = 1.0) -> Workl
         if shape.total:
             chosen.append((shape, n))
     kept = sum(n for _, n in chosen)
-    return Workload(tuple((s, n / kept) for s, n in chosen))
+    shapes = tuple((s, n / kept) for s, n in chosen)
+    return Workload(shapes, shape_weights(shapes, supply) if supply else ())
+
+
+def shape_weights(shapes: Iterable[tuple[Shape, float]], supply: Supply) -> tuple[float, ...]:
+    """w_m = p_m (G / G(m)) / W per shape (see the module docstring)."""
+    total = supply.gpus()
+    raw = []
+    for shape, p in shapes:
+        eligible = supply.gpus(shape)
+        raw.append(p * total / eligible if eligible > 0 else 0.0)
+    norm = sum(raw)
+    return tuple(w / norm for w in raw) if norm > 0 else tuple(raw)
 
 
 def fits(shape: Shape, model: str, cpu_milli: int | None, free: Iterable[int]) -> int:
@@ -154,10 +240,10 @@ def _measures(workload: Workload, model: str, cpu_milli: int | None, free: tuple
 def _compute_measures(workload: Workload, model: str, cpu_milli: int | None, free: tuple[int, ...]
                       ) -> tuple[float, float]:
     usable_ = stranded_ = 0.0
-    for shape, p in workload.shapes:
+    for (shape, p), w in zip(workload.shapes, workload.weights or (p for _, p in workload.shapes)):
         n = fits(shape, model, cpu_milli, free)
-        usable_ += p * shape.total * n
-        stranded_ += p * (sum(f for f in free if f < shape.milli) if n else sum(free))
+        usable_ += w * shape.total * n
+        stranded_ += w * (sum(f for f in free if f < shape.milli) if n else sum(free))
     return usable_, stranded_
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from extender.cluster import ClusterView
 from extender.shapes import TOLERANCE, ShapeCounts, moved
 from scoring.config import PolicyConfig
-from scoring.fragmentation import FragmentationArgs, Shape, Workload
+from scoring.fragmentation import FragmentationArgs, Shape, Workload, prior
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ONE, TWO, EIGHT, SHARE = Shape(1, 1000), Shape(2, 1000), Shape(8, 1000), Shape(1, 300)
@@ -67,30 +67,40 @@ def test_moved_compares_the_shapes_and_each_popularity():
     assert moved(Workload(()), base) and not moved(Workload(()), Workload(()))
 
 
+def expected(counts: dict[Shape, int]) -> dict[Shape, float]:
+    """Popularity with the prior for the example cluster's largest nodes (8 GPUs) added."""
+    with_prior = dict(counts)
+    with_prior[EIGHT] = with_prior.get(EIGHT, 0) + prior(sum(counts.values()))
+    total = sum(with_prior.values())
+    return {shape: round(n / total, 6) for shape, n in with_prior.items()}
+
+
 def test_the_view_counts_bound_and_pending_gpu_pods_and_republishes_on_a_real_change():
-    config = replace(PolicyConfig(), fragmentation=FragmentationArgs(coverage=0.95))
+    config = replace(PolicyConfig(), fragmentation=FragmentationArgs(coverage=1.0))
     view = ClusterView.from_snapshot(EXAMPLES / "cluster.yaml", [], config)
     # 23 bound 1-GPU pods, 2 bound 2-GPU pods, 1 pending 8-GPU pod (MIG pods and coredns in no
-    # shape); 95 % coverage keeps the 1- and 2-GPU shapes (25 of 26 pods).
+    # shape), and the prior for the cluster's 8-GPU nodes.
     first = view.target
     assert first.revision == 1
-    assert popularity(first.workload) == {ONE: 0.92, TWO: 0.08}
-    # Another pending 1-GPU pod: 24/26 vs 0.92 is within the tolerance, nothing is published.
+    assert popularity(first.workload) == expected({ONE: 23, TWO: 2, EIGHT: 1})
+    # Another pending 1-GPU pod moves no shape by more than the tolerance: nothing is published.
     view.upsert_pod(gpu_pod("extra-0", 1))
     assert view.target is first
-    # Pending 8-GPU pods: the shape enters the workload with the first (2 of 28 pods).
-    view.upsert_pod(gpu_pod("big-0", 8))
-    assert view.target.revision == 2
-    for i in (1, 2):
+    # Pending 8-GPU pods: the shape moves beyond the tolerance and the workload is published.
+    for i in range(3):
         view.upsert_pod(gpu_pod(f"big-{i}", 8))
-    assert popularity(view.target.workload) == {ONE: 0.8, TWO: round(2 / 30, 6), EIGHT: round(4 / 30, 6)}
+    assert view.target.revision > first.revision
+    assert popularity(view.target.workload) == expected({ONE: 24, TWO: 2, EIGHT: 4})
+    # A pod no node of the cluster could hold (16 GPUs) stays out of the workload.
+    view.upsert_pod(gpu_pod("huge", 16))
+    assert Shape(16, 1000) not in popularity(view.target.workload)
     # Pods that finish leave their shape.
     for i in range(3):
         view.upsert_pod(gpu_pod(f"big-{i}", 8, phase="Succeeded"))
-    assert popularity(view.target.workload) == {ONE: round(24 / 26, 6), TWO: round(2 / 26, 6)}
+    assert popularity(view.target.workload) == expected({ONE: 24, TWO: 2, EIGHT: 1})
     revision = view.target.revision
     view.remove_pod("uid-extra-0")
-    assert view.target.revision == revision  # 23/25 against 24/26: within the tolerance
+    assert view.target.revision == revision  # within the tolerance
     # Re-listing the same pods counts them afresh: the same workload, nothing published.
     view.replace_pods([view.pod(key) for key in list(view._pods)])
     assert view.target.revision == revision

@@ -5,7 +5,9 @@ whole GPUs held in `usage.gpus` and GPU shares in `usage.shared`, every GPU shar
 each of the sharing resource), free CPU in `cpu_free_milli`. Each pod becomes a `PodRequest`:
 `LS` pods latency-critical, every other QoS batch; `num_gpu` whole GPUs or a `gpu_milli` share;
 its CPU request. The target workload is the pod list's shape counts (the information FGD gets
-too), as the extender would count the shapes of the GPU pods in its cluster view.
+too), as the extender would count the shapes of the GPU pods in its cluster view, weighted by
+the GPUs of the nodes that could hold each shape (model, GPU count, CPU), as the extender
+counts its nodes (model and GPU count: it knows no CPU).
 `scoring.policy.score_node` scores every candidate state once per pod shape (memoised); the
 highest total wins, ties to the first node in the seeded node order (as for the baselines). The
 plan's GPU share names the GPU; whole GPUs are the first free ones by index (openb has no NVLink
@@ -30,7 +32,7 @@ from scoring.model import GPU_RESOURCE, GpuNode, PodRequest, Usage, WorkloadClas
 from .baselines import Candidate, ScoringPolicy, best_fit_gpus
 from .cluster import Cluster, NodeState
 from .inference import InferenceView
-from .openb import MILLI, Pod
+from .openb import MILLI, Node, Pod
 
 NO_MODEL = ModelSpread(0, 0, 0)
 MODEL = "model"  # the pod's model under one name: only whether a node caches it matters
@@ -56,20 +58,28 @@ def node_for(state: NodeState, share_resource: str, cached: int = 0) -> GpuNode:
                    model_cache={MODEL: cached} if cached else {}, cpu_free_milli=state.cpu_left)
 
 
-def workload_of(pods: Sequence[Pod], coverage: float) -> fragmentation.Workload:
+def workload_of(pods: Sequence[Pod], coverage: float, nodes: Sequence[Node] = ()
+                ) -> fragmentation.Workload:
+    """The pod list's target workload; `nodes` give the GPUs per model its weights need."""
     counts = Counter(fragmentation.Shape(1 if 0 < p.gpu_milli < MILLI else p.num_gpu, p.gpu_milli,
                                          p.cpu_milli, p.gpu_spec)
                      for p in pods)
-    return fragmentation.target_workload(counts, coverage)
+    return fragmentation.target_workload(counts, coverage, supply_of(nodes) if nodes else None)
+
+
+def supply_of(nodes: Sequence[Node]) -> fragmentation.Supply:
+    return fragmentation.Supply(Counter(fragmentation.NodeKind(n.model, n.gpus, n.cpu_milli)
+                                        for n in nodes if n.gpus))
 
 
 class OursPolicy(ScoringPolicy):
     name = "Ours"
     inference: InferenceView | None = None
 
-    def __init__(self, pods: Sequence[Pod], config: PolicyConfig = PolicyConfig()) -> None:
+    def __init__(self, pods: Sequence[Pod], config: PolicyConfig = PolicyConfig(),
+                 nodes: Sequence[Node] = ()) -> None:
         self.config = config
-        self.workload = workload_of(pods, config.fragmentation.coverage)
+        self.workload = workload_of(pods, config.fragmentation.coverage, nodes)
         self._nodes: dict[tuple, GpuNode] = {}
         self._decisions: dict[tuple, tuple[float, tuple[int, ...]]] = {}
 

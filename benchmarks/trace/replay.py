@@ -101,7 +101,7 @@ def _job(task: tuple[str, int]) -> RunResult:
     if name in s["extra"]:
         policy = s["extra"][name]()
     elif name == "Ours":
-        policy = OursPolicy(s["pods"])
+        policy = OursPolicy(s["pods"], nodes=s["nodes"])
     else:
         policy = make_policy(name, s["typical"])
     inference = None if s["latencies"] is None else InferenceView.build(

@@ -185,3 +185,69 @@ def test_target_workload_keeps_the_most_frequent_shapes_then_those_with_gpus():
     assert [p for _, p in w.shapes] == pytest.approx([60 / 90, 30 / 90])
     assert len(fr.target_workload(counts).shapes) == 4
     assert fr.target_workload({Shape(0, 0): 5}).shapes == ()
+
+
+# --- the cluster's supply: weights, shapes no node holds, the prior ------------------------------
+
+SUPPLY = fr.Supply({fr.NodeKind("T4", 4): 2, fr.NodeKind("G2", 8): 9})  # 8 T4s, 72 G2s
+
+
+def test_a_shape_weighs_its_popularity_per_gpu_it_may_use():
+    t4_only, any_model = Shape(1, 1000, models=frozenset({"T4"})), ONE
+    w = fr.target_workload({t4_only: 100, any_model: 900}, supply=SUPPLY)
+    weights = dict(zip((s for s, _ in w.shapes), w.weights))
+    popularity = dict(w.shapes)
+    # Per GPU it may use, the T4 shape weighs as the other (only 8 of the 80 GPUs are T4s) ...
+    assert weights[t4_only] / weights[any_model] == pytest.approx(popularity[t4_only] * 10 / popularity[any_model])
+    assert sum(weights.values()) == pytest.approx(1.0)  # ... and the weights sum to 1
+    # So an unconstrained pod keeps off the scarce T4 node: on it, it takes what T4 pods need.
+    idle_t4, idle_g2 = (1000,) * 4, (1000,) * 8
+    assert fr.place(w, "T4", None, idle_t4, 1, 1000).loss > fr.place(w, "G2", None, idle_g2, 1, 1000).loss
+    # Without the supply the constrained shape weighs only its popularity: the T4 node costs
+    # a fifth of a GPU more, not a whole one.
+    plain = fr.target_workload({t4_only: 100, any_model: 900})
+    assert plain.weights == ()
+
+    def gap(workload: Workload) -> float:
+        return fr.place(workload, "T4", None, idle_t4, 1, 1000).loss - fr.place(workload, "G2", None, idle_g2, 1, 1000).loss
+
+    assert gap(plain) == pytest.approx(200) and gap(w) > 1000
+
+
+def test_shapes_no_node_could_hold_stay_out_of_the_workload():
+    sixteen, t4_eight = Shape(16, 1000), Shape(8, 1000, models=frozenset({"T4"}))
+    w = fr.target_workload({ONE: 50, sixteen: 20, t4_eight: 20}, supply=SUPPLY)
+    assert {s for s, _ in w.shapes} == {ONE, EIGHT}  # EIGHT: the prior for the largest nodes
+    assert not SUPPLY.holds(sixteen) and not SUPPLY.holds(t4_eight) and SUPPLY.holds(EIGHT)
+
+
+def test_the_prior_keeps_large_pods_in_a_young_workload_and_fades_as_pods_are_counted():
+    young = dict(fr.target_workload({ONE: 50}, supply=SUPPLY).shapes)
+    assert young[EIGHT] == pytest.approx(fr.prior(50) / (50 + fr.prior(50)))
+    assert young[EIGHT] > 0.03  # an idle 8-GPU node is worth keeping ...
+    idle, six_used = (1000,) * 8, (1000, 1000) + (0,) * 6
+    w = fr.target_workload({ONE: 50, Shape(2, 1000): 4}, supply=SUPPLY)
+    # ... more than a pair of free GPUs: a one-GPU pod goes to the node already in use.
+    assert fr.place(w, "G2", None, six_used, 1, 1000).loss < fr.place(w, "G2", None, idle, 1, 1000).loss
+    old = dict(fr.target_workload({ONE: 10_000}, supply=SUPPLY).shapes)
+    assert old[EIGHT] < 1e-5  # the workload has spoken: no 8-GPU pods
+    # Pods of the shape add to the prior rather than standing beside it.
+    assert dict(fr.target_workload({ONE: 50, EIGHT: 5}, supply=SUPPLY).shapes)[EIGHT] == pytest.approx(
+        (5 + fr.prior(55)) / (55 + fr.prior(55)))
+    assert fr.target_workload({ONE: 50}).shapes == ((ONE, 1.0),)  # no supply, no prior
+
+
+def test_nodes_only_some_shapes_can_use_are_kept_for_them():
+    """CPU and GPU count constrain like a GPU model: 8-GPU pods of 120 cores fit only the few
+    128-core nodes, and other pods keep off those while 96-core nodes will do."""
+    supply = fr.Supply({fr.NodeKind("G2", 8, 96_000): 50, fr.NodeKind("G3", 8, 128_000): 5})
+    big, one = Shape(8, 1000, 120_000), Shape(1, 1000, 8_000)
+    assert supply.gpus(big) == 40 and supply.gpus(one) == 440 and not supply.holds(Shape(16, 1000))
+    w = fr.target_workload({one: 95, big: 5}, supply=supply)
+    weights = dict(zip((s for s, _ in w.shapes), w.weights))
+    assert weights[big] / weights[one] == pytest.approx(5 * 440 / 40 / 95)
+    idle = (1000,) * 8
+    on_g3 = fr.place(w, "G3", 128_000, idle, 1, 1000, 8_000).loss
+    on_g2 = fr.place(w, "G2", 96_000, idle, 1, 1000, 8_000).loss
+    assert on_g3 > on_g2 + 1000  # a GPU's worth more to lose on the only nodes the big pods fit
+
