@@ -43,8 +43,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
-import orjson
-from kubernetes.watch.watch import iter_resp_lines
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -53,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from tests.e2e.conftest import ControlPlane, Extender, Scheduler, free_port, nvlink_node  # noqa: E402
 from tests.waiting import wait_for  # noqa: E402
+from podwatch import watch_pods  # noqa: E402
 from webhook_latency import machine  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scheduler_throughput.json"
@@ -70,27 +69,16 @@ def pods(plane: ControlPlane, count: int, scheduler_name: str) -> None:
 
 
 class BoundCounter:
-    """Counts the namespace's pods that have a node, from a watch (polling lists of thousands of
-    pods would load the API server the runs are measuring)."""
+    """Counts the namespace's pods that have a node, from a watch."""
 
     def __init__(self, plane: ControlPlane):
         self.bound: set[str] = set()
         self.stop = threading.Event()
-        self.core = plane.core
-        threading.Thread(target=self._watch, daemon=True).start()
+        watch_pods(plane.core, NAMESPACE, self._seen, self.stop)
 
-    def _watch(self) -> None:
-        version = self.core.list_namespaced_pod(NAMESPACE, limit=1).metadata.resource_version
-        while not self.stop.is_set():
-            response = self.core.list_namespaced_pod(NAMESPACE, watch=True, resource_version=version,
-                                                     allow_watch_bookmarks=True, timeout_seconds=30,
-                                                     _preload_content=False)
-            for line in iter_resp_lines(response):
-                event = orjson.loads(line)
-                pod = event["object"]
-                version = pod["metadata"]["resourceVersion"]
-                if event["type"] != "BOOKMARK" and pod["spec"].get("nodeName"):
-                    self.bound.add(pod["metadata"]["name"])
+    def _seen(self, kind: str, pod: dict) -> None:
+        if pod["spec"].get("nodeName"):
+            self.bound.add(pod["metadata"]["name"])
 
 
 def null_extender() -> Path:

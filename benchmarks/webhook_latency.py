@@ -1,6 +1,6 @@
 """Webhook latency: the real `gpu-extender serve` on one core, real HTTP over loopback.
 
-    python benchmarks/webhook_latency.py [--nodes 500 5000] [--requests 1000]
+    python benchmarks/webhook_latency.py [--nodes 500 5000] [--requests 1000] [--compare REV]
 
 For each cluster size it builds a synthetic cluster (benchmarks/synthetic.py: the example's node
 shapes, 10 pods per node), starts the server pinned to CPU 0 (the client runs on the other CPUs),
@@ -12,7 +12,10 @@ every node that fits (`--all-feasible`). The first request of each pod shape is 
 Prints p50/p99 of filter, prioritize and filter+prioritize as the client sees them (request
 encoding and response decoding included), filter+prioritize inside the server (its Server-Timing
 header), requests per second and the server's RSS, and writes them with the machine and date to
-benchmarks/results/webhook_latency.json.
+benchmarks/results/webhook_latency.json. With `--compare REV` the server of that git revision (a
+worktree of it) runs each case too, right after this checkout's, on the same synthetic cluster,
+and the p99 ratios (this / REV) are printed: the machines are noisy, so only same-run ratios
+compare.
 """
 
 from __future__ import annotations
@@ -67,15 +70,18 @@ class FilterPassed(msgspec.Struct):
     NodeNames: list[str]
 
 
-def run(n_nodes: int, requests: int, work: Path, all_feasible: bool) -> dict:
+SERVE = "import sys; sys.path.insert(0, sys.argv.pop(1)); from extender.cli import app; app()"
+"""`gpu-extender serve` from the code in the folder given as first argument."""
+
+
+def run(n_nodes: int, requests: int, work: Path, all_feasible: bool, source: Path = ROOT) -> dict:
     cluster, metrics, names = synthetic.build(n_nodes, 10, work)
     pods = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "examples" / "pods").glob("*.yaml"))]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    exe = Path(sys.executable).with_name("gpu-extender")
-    cmd = [str(exe), "serve", "--cluster", str(cluster), "--port", str(port), "--log-level", "warning",
-           "--all-feasible" if all_feasible else "--best-only"]
+    cmd = [sys.executable, "-c", SERVE, str(source), "serve", "--cluster", str(cluster), "--port", str(port),
+           "--log-level", "warning", "--all-feasible" if all_feasible else "--best-only"]
     for dump in metrics:
         cmd += ["--metrics", str(dump)]
     started = time.monotonic()
@@ -153,19 +159,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[500, 5000])
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--compare", help="a git revision to measure in the same run (a worktree of it)")
     args = parser.parse_args()
-    rows = []
+    rows, compared = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for n in args.nodes:
-            for all_feasible in (False, True):
-                row = run(n, args.requests, Path(tmp) / f"{n}-{all_feasible}", all_feasible)
-                rows.append(row)
-                print(json.dumps(row))
+        if args.compare:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", f"{tmp}/compare", args.compare],
+                           check=True, capture_output=True)
+        try:
+            for n in args.nodes:
+                for all_feasible in (False, True):
+                    row = run(n, args.requests, Path(tmp) / f"{n}-{all_feasible}", all_feasible)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    if args.compare:
+                        other = run(n, args.requests, Path(tmp) / f"{n}-{all_feasible}-compare", all_feasible,
+                                    Path(tmp) / "compare")
+                        compared.append(other | {"revision": args.compare})
+                        ratio = row["filter_prioritize_p99_ms"] / other["filter_prioritize_p99_ms"]
+                        print(f"{args.compare}: {json.dumps(other)}\n"
+                              f"p99 filter+prioritize, this / {args.compare}: {ratio:.2f}", flush=True)
+        finally:
+            if args.compare:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", f"{tmp}/compare"],
+                               check=False, capture_output=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "benchmark": "webhook_latency", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(), "server_cpu": "pinned to CPU 0", "results": rows,
-    }, indent=2) + "\n")
+    doc = {"benchmark": "webhook_latency", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "machine": machine(), "server_cpu": "pinned to CPU 0", "results": rows}
+    if args.compare:
+        doc["compared"] = compared
+    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"written to {RESULTS.relative_to(ROOT)}")
 
 
