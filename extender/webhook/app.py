@@ -25,7 +25,7 @@ from extender.webhook.answers import Answers, filter_answer, passed_back, priori
 from extender.cluster import ClusterView
 from extender.webhook.decisions import Decider, Decision
 from extender.webhook.preemption import victims_for
-from scoring.model import PodRequest, ScoreBreakdown
+from scoring.model import PodRequest, ScoreBreakdown, node_sample_key
 
 log = logging.getLogger("gpu_extender")
 JSON = "application/json"
@@ -101,8 +101,9 @@ class _MismatchesSeen(Collector):
 
 
 def _fresh_gpus(view: ClusterView) -> int:
-    now, ttl = view.now(), view.config.utilization.ttl_seconds
-    return sum(1 for sample in view.samples.values() if now - sample.at <= ttl)
+    """GPUs with a fresh sample (node-level samples, for nodes without inventory, are not GPUs)."""
+    now, ttl, node_level = view.now(), view.config.utilization.ttl_seconds, node_sample_key("")
+    return sum(1 for key, sample in view.samples.items() if now - sample.at <= ttl and not key.startswith(node_level))
 
 
 def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector] = (),

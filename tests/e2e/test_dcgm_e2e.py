@@ -103,7 +103,7 @@ def latency_critical_pod(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def hot_and_warm(tmp_path_factory):
-    """Two equal 8-GPU nodes: gpu-hot's GPUs all busy, gpu-warm's 70 % busy, both reported through
+    """Two equal 8-GPU nodes, each running one pod: gpu-hot's GPUs all busy, gpu-warm's 70 % busy, both reported through
     a real Prometheus; the extender reads it every second and trusts samples for TTL seconds.
     gpu-hot's exporter dates its rows; `freeze()` stops the clock of those dates."""
     work = tmp_path_factory.mktemp("dcgm-e2e")
@@ -119,6 +119,11 @@ def hot_and_warm(tmp_path_factory):
                                            "--dcgm-timeout", "2", "--config", str(policy)))
         for name in ("gpu-hot", "gpu-warm"):
             stack.plane.node(nvlink_node(name, "dcgm"))
+            # A pod on each, so neither is a whole idle node the fragmentation signal would keep
+            # whole: between equal nodes, the utilization signal decides.
+            occupant = latency_critical_pod(f"occupant-{name}")
+            occupant["spec"]["nodeName"] = name
+            stack.plane.pod(occupant)
         yield stack, (lambda: frozen.append(time.time()))
     finally:
         if stack is not None:

@@ -5,6 +5,7 @@ from NVML reads and Xid events (the fake NVML of the reference machines)."""
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from pathlib import Path
 
@@ -26,15 +27,19 @@ SHARE = "gpu-extender.io/gpu-milli"
 
 
 @pytest.fixture
-def node(tmp_path):
-    fake = machines.hgx_h100(mig={0: [("3g.40gb", 0), ("3g.40gb", 4)]})
-    catalog = Catalog(nvml.read_inventory(fake), SHARE)
-    kubelet = Registrations(tmp_path)
-    plugin = DevicePlugin(tmp_path, catalog, Admissions(catalog), Options(cdi=True))
-    plugin.sync()
-    yield tmp_path, plugin, kubelet, fake
-    plugin.stop()
-    kubelet.server.stop(0)
+def node():
+    # A short directory of its own: a unix socket path may not exceed 107 bytes, and pytest's
+    # tmp_path (/tmp/pytest-of-USER/pytest-NNN/<test name>_0/) plus the socket names can.
+    with tempfile.TemporaryDirectory(prefix="dp-") as short:
+        directory = Path(short)
+        fake = machines.hgx_h100(mig={0: [("3g.40gb", 0), ("3g.40gb", 4)]})
+        catalog = Catalog(nvml.read_inventory(fake), SHARE)
+        kubelet = Registrations(directory)
+        plugin = DevicePlugin(directory, catalog, Admissions(catalog), Options(cdi=True))
+        plugin.sync()
+        yield directory, plugin, kubelet, fake
+        plugin.stop()
+        kubelet.server.stop(0)
 
 
 def stub(directory: Path, resource: str) -> api_grpc.DevicePluginStub:
