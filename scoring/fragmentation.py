@@ -88,10 +88,10 @@ _MISSING = object()
 PRIOR_PODS = 10
 """The prior: `prior(N)` pseudo-pods of one whole node of the cluster's largest size, added to
 the N counted pods. With few pods counted the workload still holds large pods, so a whole idle
-8-GPU node is worth keeping (50 pods counted: 3% of the workload). It fades faster than the
-counts grow, 1/N, because the pods counted are the evidence (1,000 pods: 0.01%; even that
-much moved placements on the trace, benchmarks/README.md), and it adds to the counts of a
-workload that has such pods itself."""
+8-GPU node is worth keeping (50 pods counted: 3% of the workload). It fades as 1/N because
+the pods counted are the evidence (1,000 pods: 0.01%): a constant 10 pseudo-pods, 0.12% of the
+openb list, moved near-ties enough to cost a point on a trace list (benchmarks/README.md). It
+adds to the counts of a workload that has such pods itself."""
 
 
 def prior(counted: int) -> float:
