@@ -110,6 +110,7 @@ def serve(
                 view.set_samples({**view.samples, **readings.load_dump(dump)})
             binder = kube.KubeBinder(api)
             view.mismatch_listeners.append(binder.report_mismatch)
+            view.hold_listeners.append(binder.report_hold_released)
             kube.Watcher(api, view).start()
             if live_dcgm.live:
                 collectors = dcgm_refresh.start(view, live_dcgm.source(api), live_dcgm.interval)
@@ -141,7 +142,8 @@ def _release_free_memory() -> None:
 
 @app.command()
 def score(
-    pod: Annotated[Path, typer.Option(help="Pod manifest (YAML or JSON).")],
+    pod: Annotated[list[Path], typer.Option(
+        help="Pod manifest (YAML or JSON); repeat it for the pods of one group (LeaderWorkerSet, JobSet, ...).")],
     cluster: Annotated[
         Optional[Path], typer.Option(help="`kubectl get nodes,pods -A -o yaml` output; default: the bundled example.")
     ] = None,
@@ -150,12 +152,15 @@ def score(
     ] = None,
     config: Annotated[Optional[Path], typer.Option(help="Policy config (YAML).")] = None,
     output: Annotated[Output, typer.Option(help="table or json.")] = Output.table,
+    group_size: Annotated[Optional[int], typer.Option(
+        min=1, help="Score POD as the first member of a pod group of this many pods: the domains and their room.")
+    ] = None,
 ) -> None:
-    """Dry run: how every node scores for POD, and why."""
+    """Dry run: how every node scores for POD, and why (for a pod group: which domain, and its room)."""
     from extender import dryrun
 
     try:
-        dryrun.run(pod, cluster, metrics or [], config, output.value)
+        dryrun.run(pod, cluster, metrics or [], config, output.value, group_size)
     except dryrun.InputError as exc:
         raise fail(str(exc)) from None
 

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from extender import annotations as ann
-from extender import convert, snapshot
+from extender import convert, group_identity, snapshot
 from extender.dcgm import readings
 from extender.annotations import plan_to_dict
+from extender.groups import GroupBook, Released
 from extender.shapes import ShapeCounts, Target
-from scoring import fragmentation
+from scoring import fragmentation, groups
 from scoring.config import PolicyConfig
+from scoring.groups import Domain, Placement, Shortfall
 from scoring.locality import ModelSpread
 from scoring.model import GpuNode, GpuSample, Plan, PodRequest
 
@@ -33,12 +35,15 @@ Obj = Mapping[str, Any]
 CHANGES_KEPT = 100_000
 
 
-def slim(kind: str, obj: Obj, share_resource: str) -> Obj | None:
+def slim(kind: str, obj: Obj, config: PolicyConfig) -> Obj | None:
     """What the view keeps of a listed Node or Pod: every node, pods asking for GPUs or a GPU share
-    (`share_resource`) only, both slimmed."""
+    only, both slimmed."""
+    share_resource = config.sharing.resource
     if kind == "Node":
         return convert.slim_node(obj, share_resource)
-    return convert.slim_pod(obj) if convert.asks_for_gpus(obj, share_resource) else None
+    if not convert.asks_for_gpus(obj, share_resource):
+        return None
+    return convert.slim_pod(obj, group_identity.keys_read(config.groups.identities))
 
 
 def pod_key(pod: Obj) -> str:
@@ -57,6 +62,12 @@ class ClusterView:
         self._assumed: dict[str, tuple[str, Obj]] = {}
         # name -> (node, the agent data expiry it was built with; node_without may renew a base first)
         self._built: dict[str, tuple[GpuNode, float]] = {}
+        self._plain: dict[str, GpuNode] = {}  # name -> node without group holds
+        self._groups = GroupBook(config.groups)
+        self._group_keys = group_identity.keys_read(config.groups.identities)
+        self._replan_due: dict[str, bool] = {}  # group -> whether a member was just placed
+        self._domains: dict[Domain, frozenset[str]] = {}  # domain -> its nodes; cleared when nodes change
+        self.hold_listeners: list[Callable[[Released, Obj | None], None]] = []  # (hold released, a pod of it)
         self._bases: dict[str, tuple[GpuNode, float]] = {}  # name -> (node without pods, agent data expiry)
         self._actual: dict[str, dict[str, Plan]] = {}  # node -> pod -> devices the kubelet really allocated
         self._mismatched: dict[str, tuple[str, str]] = {}  # pod (namespace/name) -> (node, how it differs)
@@ -98,7 +109,7 @@ class ClusterView:
         Agent heartbeats and DCGM samples are aged against the newest time found in the files
         (the moment the snapshot was taken), not against the clock of the machine reading it.
         """
-        nodes, pods = snapshot.load_snapshot(path, partial(slim, share_resource=config.sharing.resource))
+        nodes, pods = snapshot.load_snapshot(path, partial(slim, config=config))
         samples: dict[str, GpuSample] = {}
         for dump in metrics:
             samples.update(readings.load_dump(dump))
@@ -131,6 +142,7 @@ class ClusterView:
         self._bases.clear()
         self._actual.clear()
         self._raw_nodes = {(n.get("metadata") or {}).get("name", ""): convert.slim_node(n, share) for n in nodes}
+        self._domains.clear()
         return old | set(self._raw_nodes)
 
     def _set_pods(self, pods: Iterable[Obj]) -> set[str]:
@@ -138,6 +150,8 @@ class ClusterView:
         self._pods.clear()
         self._pods_on.clear()
         self._shapes.clear()
+        touched |= {n for held in self._groups.held().values() for n in held}
+        self._groups = GroupBook(self.config.groups)
         for pod in pods:
             touched |= self._store_pod(pod)
         alive = {convert.name_of(p) for p in self._pods.values()}
@@ -153,6 +167,7 @@ class ClusterView:
         name = (node.get("metadata") or {}).get("name", "")
         with self._lock:
             self._raw_nodes[name] = convert.slim_node(node, self.config.sharing.resource)
+            self._domains.clear()
             self._bases.pop(name, None)
             self._rebuild(name)
             self._publish()
@@ -160,6 +175,7 @@ class ClusterView:
     def remove_node(self, name: str) -> None:
         with self._lock:
             self._raw_nodes.pop(name, None)
+            self._domains.clear()
             self._bases.pop(name, None)
             self._actual.pop(name, None)
             self._rebuild(name)
@@ -176,12 +192,18 @@ class ClusterView:
             if (old := self._pods.get(key)) is not None:
                 self._mismatched.pop(convert.name_of(old), None)
                 self._reported_mismatch.discard(convert.name_of(old))
+            self._note_group_dropped(key)
             for name in self._drop_pod(key):
                 self._rebuild(name)
             self._publish()
 
     def _publish(self) -> None:
-        """Publish the target workload if it moved, with the supply of the nodes as built now."""
+        """Plan the holds of groups whose members moved, then publish the target workload if it
+        moved, with the supply of the nodes as built now."""
+        while self._replan_due:
+            name, placed = self._replan_due.popitem()
+            for node in self._groups.replan(name, self._group_nodes, self.now(), placed):
+                self._rebuild(node)
         if self._supply_moved:
             self._shapes.set_supply(fragmentation.Supply(Counter(self._supply.values())))
             self._supply_moved = False
@@ -194,24 +216,35 @@ class ClusterView:
 
     # --- plans being bound -----------------------------------------------------------------
 
-    def assume(self, pod: Obj, node_name: str, plan: Plan) -> dict[str, Any]:
+    def assume(self, pod: Obj, node_name: str, plan: Plan, request: PodRequest | None = None) -> dict[str, Any]:
         """Count `plan` as held on `node_name` until the watch shows the pod bound (or `forget`);
-        returns the plan in its annotation form."""
+        returns the plan in its annotation form (with its group's domain, for a group member)."""
         with self._lock:
             entry = self._built.get(node_name)
             written = plan_to_dict(plan, entry[0]) if entry else {"node": node_name}
+            group = request.group if request is not None else None
+            if group is not None and (noted := self._groups.annotation(group.name, self.now())) is not None:
+                written["group"] = noted
             held = copy.deepcopy(dict(pod))
             held.setdefault("spec", {})["nodeName"] = node_name
             held.setdefault("metadata", {}).setdefault("annotations", {})[ann.PLAN] = json.dumps(written)
-            self._assumed[pod_key(pod)] = (node_name, held)
+            key = pod_key(pod)
+            self._assumed[key] = (node_name, held)
+            self._note_group(key, held)
             self._rebuild(node_name)
+            self._publish()
             return written
 
     def forget(self, pod: Obj) -> None:
         with self._lock:
-            assumed = self._assumed.pop(pod_key(pod), None)
+            key = pod_key(pod)
+            assumed = self._assumed.pop(key, None)
             if assumed:
                 self._rebuild(assumed[0])
+                self._note_group_dropped(key)
+                if key in self._pods:
+                    self._note_group(key, self._pods[key])
+                self._publish()
 
     def assumed_count(self) -> int:
         return len(self._assumed)
@@ -223,6 +256,102 @@ class ClusterView:
             entry = self._built.get(name)
             return entry[0] if entry else None
 
+    # --- pod groups (scoring/groups.py, extender/groups.py) ----------------------------------
+
+    def group_placement(self, request: PodRequest, feasible: list[str]) -> tuple[Placement | Shortfall, frozenset[str]]:
+        """Where the group of `request` goes: its recorded domain, or the domain chosen now among
+        the `feasible` nodes (those where the member fits); and the nodes holding its room."""
+        group = request.group
+        assert group is not None
+        with self._lock:
+            self._expire_holds()
+            placement = self._groups.placement(group.name)
+            if placement is None:
+                size = self._groups.size(group.name, group.size)
+                nodes = [entry[0] for name in feasible if (entry := self._built.get(name))]
+                chosen = groups.choose(nodes, request, size, self.config.groups.levels)
+                if isinstance(chosen, Shortfall):
+                    return chosen, frozenset()
+                self._groups.open(group, request, chosen, self.now())
+                self._replan_due[group.name] = False
+                self._publish()
+                placement = self._groups.placement(group.name)
+                assert placement is not None
+            return placement, placement.held
+
+    def domain_nodes(self, domain: Domain) -> frozenset[str]:
+        """The names of the nodes in `domain`."""
+        with self._lock:
+            found = self._domains.get(domain)
+            if found is None:
+                found = self._domains[domain] = frozenset(n for n, node in self._plain.items() if domain.holds(node))
+            return found
+
+    def node_for_group(self, name: str, group: str) -> GpuNode | None:
+        """The node as a member of `group` sees it: the room held for its group is free."""
+        with self._lock:
+            plain = self._plain.get(name)
+            return groups.with_holds(plain, self._groups.held_on(name, but=group)) if plain else None
+
+    def held_room(self) -> dict[str, dict[str, tuple[int, ...]]]:
+        """Group -> node -> GPUs held for its members still to come."""
+        with self._lock:
+            return self._groups.held()
+
+    def group_status(self, name: str) -> dict[str, Any] | None:
+        """The group's domain, members and held room, for /explain and the dry run."""
+        with self._lock:
+            return self._groups.status(name, self.now())
+
+    def _group_nodes(self, group: str, domain: Domain) -> list[GpuNode]:
+        return [groups.with_holds(node, self._groups.held_on(name, but=group))
+                for name, node in self._plain.items() if domain.holds(node)]
+
+    def _note_group(self, key: str, pod: Obj) -> None:
+        """Tell the group book about a stored or assumed pod of a group."""
+        try:
+            if group_identity.group_of(pod, self.config.groups.identities) is None:
+                return
+            request = convert.pod_request(pod, self.config)
+        except (ValueError, convert.BadObject):
+            return
+        assert request.group is not None
+        node = (pod.get("spec") or {}).get("nodeName") if convert.holds_resources(pod) else None
+        if node is None and key in self._assumed:
+            node, pod = self._assumed[key]
+        written = None
+        if node:
+            try:
+                written = json.loads(((pod.get("metadata") or {}).get("annotations") or {}).get(ann.PLAN) or "{}")
+            except ValueError:
+                written = None
+            written = written.get("group") if isinstance(written, dict) else None
+        if self._groups.note_pod(key, request.group, node, written, request):
+            self._replan_due[request.group.name] = True
+
+    def _note_group_dropped(self, key: str) -> None:
+        group, released = self._groups.drop_pod(key)
+        for node in released:
+            self._rebuild(node)
+        if group is not None:
+            self._replan_due.setdefault(group, False)
+
+    def expire_holds(self) -> None:
+        """Release the holds whose time ran out, and tell the listeners (once per hold)."""
+        with self._lock:
+            self._expire_holds()
+
+    def _expire_holds(self) -> None:
+        if self.now() < self._groups.next_deadline():
+            return
+        released, touched = self._groups.expire(self.now())
+        for node in touched:
+            self._rebuild(node)
+        for hold in released:
+            pod = next((self._pods.get(k) or self._assumed.get(k, ("", None))[1] for k in hold.pods), None)
+            for listener in self.hold_listeners:
+                listener(hold, pod)
+
     def nodes(self) -> list[GpuNode]:
         with self._lock:
             return [entry[0] for entry in self._built.values()]
@@ -233,6 +362,7 @@ class ClusterView:
         with self._lock:
             if self.now() >= self._next_expiry:
                 self._expire()
+            self._expire_holds()
             end = self._changes_base + len(self._changes)
             if seq < self._changes_base:
                 return end, None
@@ -286,12 +416,14 @@ class ClusterView:
             del self._changes[:drop]
             self._changes_base += drop
         if name not in self._raw_nodes:
+            self._plain.pop(name, None)
             self._note_supply(name, None)
             return None
         base, expires = self._base(name, self.now())
         holders = self._holders(name, set())
         actual = self._actual.get(name)
-        node = convert.with_usage(base, holders, self.config.sharing.resource, actual)
+        plain = self._plain[name] = convert.with_usage(base, holders, self.config.sharing.resource, actual)
+        node = groups.with_holds(plain, self._groups.held_on(name))
         self._note_mismatches(name, holders, actual or {})
         self._built[name] = (node, expires)
         self._next_expiry = min(self._next_expiry, expires)
@@ -366,8 +498,9 @@ class ClusterView:
         if not convert.asks_for_gpus(pod, self.config.sharing.resource):
             return set()
         key = pod_key(pod)
-        pod = self._pods[key] = convert.slim_pod(pod)
+        pod = self._pods[key] = convert.slim_pod(pod, self._group_keys)
         self._shapes.add(key, convert.shape(pod, self.config.sharing.resource))
+        self._note_group(key, pod)
         touched = set()
         node_name = (pod.get("spec") or {}).get("nodeName")
         if node_name and convert.holds_resources(pod):

@@ -16,11 +16,14 @@ from typing import Any
 from kubernetes.utils.quantity import parse_quantity
 
 from extender import annotations as ann
+from extender import group_identity
 from scoring import policy
 from scoring.config import PolicyConfig
 from scoring.fragmentation import Shape
+from scoring.groups import DEFAULT_IDENTITIES
 from scoring.model import (
     GPU_RESOURCE,
+    GroupRef,
     MILLI_PER_GPU,
     Gpu,
     GpuNode,
@@ -40,6 +43,7 @@ GFD_COUNT = "nvidia.com/gpu.count"
 GFD_MIG_STRATEGY = "nvidia.com/mig.strategy"
 FINISHED_PHASES = ("Succeeded", "Failed")
 Matrix = tuple[tuple[int, ...], ...]
+DEFAULT_GROUP_KEYS = group_identity.keys_read(DEFAULT_IDENTITIES)
 _MATRICES: dict[Matrix, Matrix] = {}  # one shared copy per distinct matrix: nodes of a shape repeat it
 
 
@@ -155,7 +159,15 @@ def _pod_request(pod: Mapping[str, Any], config: PolicyConfig) -> PodRequest:
         model_size=_model_size(pod, notes.get(ann.MODEL_SIZE)),
         model_required=locality_mode == "required",
         priority=int(spec.get("priority") or 0),
+        group=_group(pod, config),
     )
+
+
+def _group(pod: Mapping[str, Any], config: PolicyConfig) -> GroupRef | None:
+    try:
+        return group_identity.group_of(pod, config.groups.identities)
+    except ValueError as exc:
+        raise BadObject(f"pod {name_of(pod)}: {exc}") from None
 
 
 def workload_class_of(pod: Mapping[str, Any], config: PolicyConfig) -> WorkloadClass:
@@ -177,13 +189,18 @@ def _model_size(pod: Mapping[str, Any], value: str | None) -> int | None:
     return size if size > 0 else None
 
 
-def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a Pod that gpu-extender reads, to keep tens of thousands of them in memory."""
+def slim_pod(pod: Mapping[str, Any], group_keys: frozenset[str] = DEFAULT_GROUP_KEYS) -> dict[str, Any]:
+    """The parts of a Pod that gpu-extender reads, to keep tens of thousands of them in memory
+    (of its labels, those among `group_keys`: the keys that name its group)."""
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     notes = meta.get("annotations") or {}
-    ours = {k: v for k, v in notes.items() if k.startswith(ann.PREFIX)} if isinstance(notes, dict) else {}
-    slim_spec = {k: spec[k] for k in ("nodeName", "priority", "priorityClassName", "schedulerName") if k in spec}
+    ours = {k: v for k, v in notes.items() if k.startswith(ann.PREFIX) or k in group_keys} \
+        if isinstance(notes, dict) else {}
+    labels = meta.get("labels")
+    kept = {k: v for k, v in labels.items() if k in group_keys} if isinstance(labels, dict) else {}
+    slim_spec = {k: spec[k] for k in ("nodeName", "priority", "priorityClassName", "schedulerName",
+                                      group_identity.SCHEDULING_GROUP, group_identity.WORKLOAD_REF) if k in spec}
     selector = spec.get("nodeSelector")
     if isinstance(selector, dict) and GFD_PRODUCT in selector:
         slim_spec["nodeSelector"] = {GFD_PRODUCT: selector[GFD_PRODUCT]}
@@ -199,7 +216,8 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
             ]
     return {
         "kind": "Pod",
-        "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta} | {"annotations": ours},
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta} | {"annotations": ours}
+        | ({"labels": kept} if kept else {}),
         "spec": slim_spec,
         "status": {"phase": (pod.get("status") or {}).get("phase")},
     }

@@ -35,6 +35,7 @@ from kubernetes.watch.watch import iter_resp_lines
 from extender import annotations as ann
 from extender.webhook.app import BindError
 from extender.cluster import ClusterView, pod_key, slim
+from extender.groups import Released
 from scoring.model import ScoreBreakdown
 
 log = logging.getLogger("gpu_extender.kube")
@@ -179,12 +180,12 @@ class Watcher:
         core = client.CoreV1Api(api)
         self.view = view
         self.stop = threading.Event()
-        share = view.config.sharing.resource
+        cfg = view.config
         self.nodes, self.pods = (
             ListWatch("nodes", core.list_node, view.replace_nodes, self._node_event,
-                      keep=partial(slim, "Node", share_resource=share), page_size=page_size, stop=self.stop),
+                      keep=partial(slim, "Node", config=cfg), page_size=page_size, stop=self.stop),
             ListWatch("pods", core.list_pod_for_all_namespaces, view.replace_pods, self._pod_event,
-                      keep=partial(slim, "Pod", share_resource=share), page_size=page_size, stop=self.stop),
+                      keep=partial(slim, "Pod", config=cfg), page_size=page_size, stop=self.stop),
         )
 
     def start(self) -> None:
@@ -270,6 +271,16 @@ class KubeBinder:
         except Exception as exc:  # connection refused, timeouts
             raise BindError(f"API server unreachable: {exc}") from None
         self.events.post(namespace, name, uid, "GPUPlanned", f"gpu-extender placed the pod on {node} with {why}")
+
+    def report_hold_released(self, hold: Released, pod: dict[str, Any] | None) -> None:
+        """The room held for a pod group ran out before the group was whole (Event on one of its pods)."""
+        message = (f"released the room held for pod group {hold.name} in {hold.domain}: {hold.missing} of "
+                   f"{hold.size} members still unplaced after groups.holdSeconds")
+        log.warning("%s", message)
+        if pod is not None:
+            meta = pod.get("metadata") or {}
+            self.events.post(meta.get("namespace") or "default", str(meta.get("name")), meta.get("uid"),
+                             "GroupHoldReleased", message, kind="Warning")
 
     def report_mismatch(self, pod: dict[str, Any], node: str, what: str) -> None:
         """A pod holds other devices than its plan named (the node's read-back says so)."""

@@ -18,7 +18,8 @@ def report(request: PodRequest, decisions: Iterable[ScoreBreakdown], nodes: Mapp
                 "node": d.node,
                 "feasible": d.feasible,
                 "score": d.score,
-                "signals": {name: round(_signal(d, name), 4) for name in SIGNALS},
+                "signals": {name: round(_signal(d, name), 4) for name in SIGNALS}
+                | ({"group": round(_signal(d, "group"), 4)} if request.group is not None else {}),
                 "plan": plan_to_dict(d.plan, nodes[d.node]) if d.feasible and d.node in nodes else {},
                 "reason": d.reason,
             }

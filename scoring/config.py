@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from scoring.fragmentation import FragmentationArgs
+from scoring.groups import PREFERRED, REQUIRED, GroupArgs, Identity
 from scoring.locality import LocalityArgs
 from scoring.model import ANNOTATION_PREFIX, GPU_RESOURCE, WorkloadClass, mig_profile
 from scoring.sharing import SharingArgs
@@ -76,6 +77,7 @@ class PolicyConfig:
     agent: AgentArgs = AgentArgs()
     sharing: SharingArgs = SharingArgs()
     fragmentation: FragmentationArgs = FragmentationArgs()
+    groups: GroupArgs = GroupArgs()
 
 
 _CLASS_KEYS = {"latencyCritical": WorkloadClass.LATENCY_CRITICAL, "batch": WorkloadClass.BATCH}
@@ -133,6 +135,32 @@ def _extended_resource(value: Any, path: str) -> str:
     return value
 
 
+def _mode(value: Any, path: str) -> str:
+    if value not in (REQUIRED, PREFERRED):
+        raise ConfigError(f"{path}: expected {REQUIRED} or {PREFERRED}, got {value!r}")
+    return value
+
+
+def _identities(value: Any, path: str) -> tuple[Identity, ...]:
+    """A list of {source, keys, sizeKey}: how pods name their group, tried in order."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: expected a list of {{source, keys, sizeKey}}, got {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        entry = _mapping(item, where)
+        _only(entry, where, ("source", "keys", "sizeKey"))
+        keys = _strings(entry.get("keys"), f"{where}.keys")
+        if not keys or not all(keys):
+            raise ConfigError(f"{where}.keys: expected at least one label or annotation key")
+        size_key = entry.get("sizeKey", "")
+        source = entry.get("source", keys[0])
+        if not isinstance(size_key, str) or not isinstance(source, str):
+            raise ConfigError(f"{where}: source and sizeKey must be strings")
+        out.append(Identity(source, keys, size_key))
+    return tuple(out)
+
+
 _fraction = _number(0.0, 1.0)
 _positive = _number(1.0, None)
 _weight = _number(0.0, None)
@@ -152,6 +180,12 @@ _SECTIONS: dict[str, tuple[str, dict[str, tuple[str, Callable[[Any, str], Any]]]
     "agent": ("agent", {"maxAgeSeconds": ("max_age_seconds", _positive)}),
     "sharing": ("sharing", {"resource": ("resource", _extended_resource)}),
     "fragmentation": ("fragmentation", {"coverage": ("coverage", _fraction)}),
+    "groups": ("groups", {
+        "mode": ("mode", _mode),
+        "holdSeconds": ("hold_seconds", _positive),
+        "topologyLevels": ("levels", _strings),
+        "identities": ("identities", _identities),
+    }),
 }
 
 

@@ -149,6 +149,15 @@ MILLI_PER_GPU = 1000
 
 
 @dataclass(frozen=True, slots=True)
+class GroupRef:
+    """The pod group a pod belongs to (`scoring/groups.py`): `name` is unique in the cluster
+    (namespace first), `size` the members it has in all, leader included."""
+
+    name: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class PodRequest:
     """The GPU part of a pod: whole GPUs, MIG instances by profile, a GPU share, class and model.
 
@@ -169,6 +178,7 @@ class PodRequest:
     priority: int = 0
     uid: str = ""
     cpu_milli: int = 0  # the pod's CPU request (fragmentation: CPU-starved GPUs)
+    group: GroupRef | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.gpu_milli < MILLI_PER_GPU:

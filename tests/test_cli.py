@@ -141,3 +141,28 @@ def test_a_share_pod_shows_its_gpu_and_thousandths(tmp_path: Path):
     bad.write_text(yaml.safe_dump(whole))
     failed = score("--pod", str(bad))
     assert failed.exit_code == 2 and "is not a share of one GPU" in failed.output
+
+
+def test_the_dry_run_of_a_group_shows_each_domain_s_room_and_the_domain_chosen(tmp_path: Path):
+    from tests.groups_cluster import CLIQUE, domains, lws_group, pod
+
+    cluster = tmp_path / "cluster.yaml"
+    items = domains({"a": 4, "b": 4}) + [pod("filler", 4, node_name="b-0")]
+    cluster.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
+    files = []
+    for member in lws_group("llm", 0, 3, 4):
+        files += ["--pod", str(tmp_path / f"{member['metadata']['name']}.yaml")]
+        Path(files[-1]).write_text(yaml.safe_dump(member))
+    result = score("--cluster", str(cluster), *files, "--output", "json")
+    assert result.exit_code == 0, result.output
+    group = json.loads(result.stdout)["group"]
+    rooms = {d["domain"]: d["room"] for d in group["domains"]}
+    assert rooms == {f"{CLIQUE}=a": 4, f"{CLIQUE}=b": 3}
+    assert group["domain"] == f"{CLIQUE}=b" and group["missing"] == 3  # both fit; b is fuller
+    assert sum(len(g) for g in group["held"].values()) == 12
+    table = score("--cluster", str(cluster), *files[:2], "--group-size", "4")
+    assert table.exit_code == 0, table.output
+    assert f"chosen: {CLIQUE}=a" in table.stdout  # four members fit a only
+    table = score("--cluster", str(cluster), *files[:2], "--group-size", "5")
+    assert f"no domain: group infer/llm/llm-key-0 needs 5 pods × 4 GPUs in one {CLIQUE} domain; the best " \
+           f"({CLIQUE}=a) has room for 4" in " ".join(table.stdout.split())  # rich wraps long lines

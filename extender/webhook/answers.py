@@ -94,6 +94,12 @@ class Answers:
     def empty(cls) -> Answers:
         return cls({}, [], 0)
 
+    @classmethod
+    def of(cls, records: dict[str, NodeAnswer]) -> Answers:
+        """Answers made of these records at once (one sort, no per-node insertion)."""
+        ranked = sorted(Ranked(r.breakdown.total, name, wire.encode(name)) for name, r in records.items() if r.feasible)
+        return cls(records, ranked, len(records) - len(ranked))
+
     def updated(self, changes: Mapping[str, ScoreBreakdown | None]) -> Answers:
         """A copy with these nodes' breakdowns replaced (None: the node is gone)."""
         if not changes:

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from extender import convert
+from extender import convert, group_identity
 from extender.webhook import wire
 from extender.webhook.answers import Answers, filter_answer, passed_back, prioritize_answer
 from extender.cluster import ClusterView
@@ -83,6 +83,12 @@ class Metrics:
                            "Pods whose devices, as the kubelet reports them, differ from their plan.",
                            registry=self.registry)
         mismatched.set_function(view.mismatch_count)
+        held = Gauge("gpu_extender_held_gpus", "GPUs held for the members still to come of pod groups.",
+                     registry=self.registry)
+        held.set_function(lambda: sum(len(g) for nodes in view.held_room().values() for g in nodes.values()))
+        waiting = Gauge("gpu_extender_groups_holding", "Pod groups holding room for members still to come.",
+                        registry=self.registry)
+        waiting.set_function(lambda: len(view.held_room()))
         self.registry.register(_MismatchesSeen(view))
         for collector in collectors:
             self.registry.register(collector)
@@ -115,7 +121,7 @@ def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector
     decider = Decider(view, background=True)
     metrics = Metrics(view, decider, collectors)
     bind_lock = threading.Lock()
-    filtered = FilteredPods()
+    filtered = FilteredPods(group_identity.keys_read(view.config.groups.identities))
     app.state.decider = decider
 
     def timed(verb: str, handler: Callable[[bytes], bytes], blocking: bool = False) -> Callable:
@@ -247,7 +253,8 @@ class FilteredPods:
 
     KEPT = 2_000  # kube-scheduler binds within seconds of filter; far more than it binds at once
 
-    def __init__(self) -> None:
+    def __init__(self, group_keys: frozenset[str] = convert.DEFAULT_GROUP_KEYS) -> None:
+        self.group_keys = group_keys
         self._pods: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -265,7 +272,7 @@ class FilteredPods:
     def get(self, uid: str) -> dict[str, Any] | None:
         with self._lock:
             pod = self._pods.get(uid)
-        return convert.slim_pod(pod) if pod is not None else None
+        return convert.slim_pod(pod, self.group_keys) if pod is not None else None
 
 
 def _bind(view: ClusterView, decider: Decider, binder: Binder, lock: threading.Lock,
@@ -285,7 +292,7 @@ def _bind(view: ClusterView, decider: Decider, binder: Binder, lock: threading.L
         if breakdown is None or not breakdown.feasible:
             reason = breakdown.reason if breakdown else "node unknown to gpu-extender"
             return f"gpu-extender: {args.Node} no longer fits {args.PodNamespace}/{args.PodName}: {reason}"
-        plan = view.assume(pod, args.Node, breakdown.plan)
+        plan = view.assume(pod, args.Node, breakdown.plan, decision.request)
         earlier = decider.bound(decision.request.key, plan, breakdown)
     why = convert.describe(breakdown.plan)
     if earlier is not None:

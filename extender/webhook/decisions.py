@@ -27,11 +27,12 @@ from itertools import repeat
 from operator import is_not
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from extender import convert
 from extender.webhook.answers import Answers, NodeAnswer
+from extender.webhook.members import Members
 from extender.cluster import ClusterView
 from extender.annotations import plan_to_dict
 from extender.report import report
@@ -94,6 +95,7 @@ class Decider:
         self._wake = threading.Condition(self._lock)
         self._busy = False
         self._background = background
+        self._members = Members(view)
         if background:
             threading.Thread(target=self._rescore_due, name="rescore", daemon=True).start()
 
@@ -105,6 +107,9 @@ class Decider:
     ) -> Decision:
         return self.answer(self.request(pod), names, sent)[0]
 
+    def decide_request(self, request: PodRequest, names: Sequence[str]) -> Decision:
+        return self.answer(request, names)[0]
+
     def answers(self, request: PodRequest) -> Answers:
         """The request shape's Answers, brought up to date (nodes changed since are scored again)."""
         with self._lock:
@@ -115,7 +120,12 @@ class Decider:
     ) -> tuple[Decision, Answers]:
         """Breakdowns for `names`, and the shape's Answers (with the nodes from `sent`). `sent`
         holds Node objects from the request (nodeCacheCapable false); they are used only for nodes
-        the view does not know yet."""
+        the view does not know yet. A pod group's member gets its own decisions, then its group's
+        (extender/webhook/members.py)."""
+        if request.group is not None:
+            alone, _ = self.answer(replace(request, group=None), names, sent)
+            records, answers = self._members.answer(request, list(names), list(alone.records))
+            return Decision(request, records, alone.unknown), answers
         view = self.view
         with self._lock:
             now, answers, records = self._refreshed(request, names)
@@ -192,6 +202,7 @@ class Decider:
                 self._busy = False
                 self._wake.notify_all()
                 while not self._due:
+                    view.expire_holds()
                     self._due.update(dict.fromkeys(self._outdated()))
                     if not self._due:
                         self._wake.wait(POLL_SECONDS)
@@ -296,6 +307,9 @@ class Decider:
         nodes = {d.node: node for d in ranked if (node := self.view.node(d.node)) is not None}
         doc = report(decision.request, ranked, nodes)
         doc["unknownNodes"] = list(decision.unknown)
+        group = decision.request.group
+        if group is not None:
+            doc["group"] = self.view.group_status(group.name) or {"name": group.name, "domain": None}
         if bound is not None:
             doc["bound"] = bound
         return doc
