@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 import threading
 import time
 from collections import Counter, defaultdict
@@ -25,11 +26,11 @@ from extender.dcgm import readings
 from extender.annotations import plan_to_dict
 from extender.groups import GroupBook, Released
 from extender.shapes import ShapeCounts, Target
-from scoring import fragmentation, groups
+from scoring import fragmentation, groups, policy
 from scoring.config import PolicyConfig
 from scoring.groups import Domain, Placement, Shortfall
 from scoring.locality import ModelSpread
-from scoring.model import GpuNode, GpuSample, Plan, PodRequest
+from scoring.model import GpuNode, GpuSample, Plan, PodRequest, WorkloadClass
 
 Obj = Mapping[str, Any]
 CHANGES_KEPT = 100_000
@@ -258,9 +259,12 @@ class ClusterView:
 
     # --- pod groups (scoring/groups.py, extender/groups.py) ----------------------------------
 
-    def group_placement(self, request: PodRequest, feasible: list[str]) -> tuple[Placement | Shortfall, frozenset[str]]:
+    def group_placement(self, request: PodRequest, feasible: list[str], resolvable: list[str] = ()
+                        ) -> tuple[Placement | Shortfall, frozenset[str]]:
         """Where the group of `request` goes: its recorded domain, or the domain chosen now among
-        the `feasible` nodes (those where the member fits); and the nodes holding its room."""
+        the `feasible` nodes (those where the member fits; for a latency-critical member that fits
+        no domain so, also the `resolvable` ones, counting the GPUs of pods it may evict); and the
+        nodes holding its room."""
         group = request.group
         assert group is not None
         with self._lock:
@@ -270,6 +274,11 @@ class ClusterView:
                 size = self._groups.size(group.name, group.size)
                 nodes = [entry[0] for name in feasible if (entry := self._built.get(name))]
                 chosen = groups.choose(nodes, request, size, self.config.groups.levels)
+                if isinstance(chosen, Shortfall) and request.workload_class is WorkloadClass.LATENCY_CRITICAL:
+                    reclaim = {name: self._evictable_gpus(name, request) for name in resolvable}
+                    more = [entry[0] for name, gpus in reclaim.items() if gpus and (entry := self._built.get(name))]
+                    second = groups.choose(nodes + more, request, size, self.config.groups.levels, reclaim)
+                    chosen = second if isinstance(second, Domain) else replace(chosen, unresolvable=True)
                 if isinstance(chosen, Shortfall):
                     return chosen, frozenset()
                 self._groups.open(group, request, chosen, self.now())
@@ -286,6 +295,27 @@ class ClusterView:
             if found is None:
                 found = self._domains[domain] = frozenset(n for n, node in self._plain.items() if domain.holds(node))
             return found
+
+    def _evictable_gpus(self, name: str, request: PodRequest) -> int:
+        """Whole GPUs held on the node by pods `request` may evict (lower priority, a class it may
+        evict: extender/webhook/preemption.py's rules)."""
+        total = 0
+        for pod in self._holders(name, set()):
+            if int((pod.get("spec") or {}).get("priority") or 0) >= request.priority:
+                continue
+            try:
+                held = convert.pod_request(pod, self.config)
+            except convert.BadObject:
+                continue
+            if policy.may_evict(request.workload_class, held.workload_class):
+                total += held.gpus
+        return total
+
+    def group_domain(self, name: str) -> Domain | None:
+        """The domain recorded for the group, if any."""
+        with self._lock:
+            placement = self._groups.placement(name)
+            return placement.domain if placement else None
 
     def node_for_group(self, name: str, group: str) -> GpuNode | None:
         """The node as a member of `group` sees it: the room held for its group is free."""
@@ -368,14 +398,16 @@ class ClusterView:
                 return end, None
             return end, self._changes[seq - self._changes_base:]
 
-    def node_without(self, name: str, pod_keys: Iterable[str]) -> GpuNode | None:
-        """The node as it would be with the given pods gone (for preemption)."""
+    def node_without(self, name: str, pod_keys: Iterable[str], group: str | None = None) -> GpuNode | None:
+        """The node as it would be with the given pods gone (for preemption); the room held for
+        pod groups stays taken, but for `group`'s own."""
         with self._lock:
             if name not in self._raw_nodes:
                 return None
             base, _ = self._base(name, self.now())
-            return convert.with_usage(base, self._holders(name, set(pod_keys)), self.config.sharing.resource,
+            node = convert.with_usage(base, self._holders(name, set(pod_keys)), self.config.sharing.resource,
                                       self._actual.get(name))
+            return groups.with_holds(node, self._groups.held_on(name, but=group))
 
     def pod(self, key: str) -> Obj | None:
         return self._pods.get(key)

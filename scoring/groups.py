@@ -18,8 +18,11 @@ Choice, when the first member is filtered:
     level  = the lowest level with a domain whose room >= the members still to place
     domain = among those, the fullest: fewest free whole GPUs, then name
 
-Best fit, so that whole domains stay free for the groups that need them. No such domain: every
-node is rejected, naming the group and the best domain at the lowest level.
+Best fit, so that whole domains stay free for the groups that need them. A latency-critical group
+that fits no domain so may evict batch pods (the usual victim rules): the choice is made again
+with room = (free whole GPUs + GPUs of evictable pods) // GPUs per member, and among the domains
+that fit, the one with the most free GPUs (the fewest evictions). No domain at all: every node is
+rejected, naming the group and the best domain at the lowest level.
 
 Each member, afterwards (`apply`, after the pod's own decision on the node):
 
@@ -143,9 +146,10 @@ def free_gpus(node: GpuNode) -> tuple[int, ...]:
     return tuple(i for i, left in zip(indices, free) if left == MILLI_PER_GPU)
 
 
-def room(node: GpuNode, request: PodRequest) -> int:
-    """Members of the request's shape that fit on the node now (the node already found feasible)."""
-    return len(free_gpus(node)) // request.gpus if request.gpus else 1
+def room(node: GpuNode, request: PodRequest, reclaim: int = 0) -> int:
+    """Members of the request's shape that fit on the node now (the node already found feasible),
+    or once `reclaim` more GPUs are freed."""
+    return (len(free_gpus(node)) + reclaim) // request.gpus if request.gpus else 1
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,7 @@ class Shortfall:
     level: str
     best: Domain | None
     best_room: int
+    unresolvable: bool = False  # evicting pods would not make room either
 
     def reason(self, group: str, request: PodRequest) -> str:
         what = f"{request.gpus} GPUs" if request.gpus else "its GPU share or MIG instances"
@@ -165,11 +170,12 @@ class Shortfall:
 
 
 def choose(feasible: Sequence[GpuNode], request: PodRequest, needed: int,
-           levels: Sequence[str]) -> Domain | Shortfall:
+           levels: Sequence[str], reclaim: Mapping[str, int] | None = None) -> Domain | Shortfall:
     """The domain for a group whose `needed` members are still to place, among the nodes where
-    a member is feasible (see the module docstring)."""
+    a member is feasible; with `reclaim` (node -> GPUs of pods the member may evict; its nodes
+    count too), the latency-critical second choice (see the module docstring)."""
     keys = present_levels(feasible, levels)
-    rooms = [room(n, request) for n in feasible]
+    rooms = [room(n, request, reclaim.get(n.name, 0) if reclaim else 0) for n in feasible]
     first: Shortfall | None = None
     for key in keys:
         totals: dict[Domain, int] = defaultdict(int)
@@ -180,7 +186,8 @@ def choose(feasible: Sequence[GpuNode], request: PodRequest, needed: int,
             free[domain] += len(free_gpus(node))
         fitting = [d for d, r in totals.items() if r >= needed]
         if fitting:
-            return min(fitting, key=lambda d: (free[d], d.key, d.value))
+            fewest_evictions = -1 if reclaim else 1
+            return min(fitting, key=lambda d: (fewest_evictions * free[d], d.key, d.value))
         if first is None:
             best = max(totals, key=lambda d: (totals[d], d.value), default=None)
             first = Shortfall(needed, key, best, totals[best] if best else 0)

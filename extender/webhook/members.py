@@ -33,14 +33,15 @@ class Members:
         view, group = self.view, request.group
         assert group is not None
         feasible = [r.breakdown.node for r in records if r is not None and r.feasible]
-        placement, held = view.group_placement(request, feasible)
+        resolvable = [r.breakdown.node for r in records if r is not None and not r.feasible and not r.unresolvable]
+        placement, held = view.group_placement(request, feasible, resolvable)
         out: dict[str, NodeAnswer] = {}
         if isinstance(placement, Shortfall):
             reason = placement.reason(group.name, request)
-            lc = request.workload_class is WorkloadClass.LATENCY_CRITICAL  # may preempt batch pods to fit
             for name, r in zip(names, records):
                 if r is not None:
-                    out[name] = NodeAnswer.of(groups.shortfall(r.breakdown, reason, unresolvable=not lc))
+                    out[name] = NodeAnswer.of(groups.shortfall(r.breakdown, reason, unresolvable=placement.unresolvable
+                                                               or request.workload_class is WorkloadClass.BATCH))
             return [out.get(n) for n in names], Answers.of(out)
         inside = view.domain_nodes(placement.domain)
         alone = replace(request, group=None)

@@ -1,6 +1,7 @@
 """Preemption: which of kube-scheduler's candidate victims on a node make room for the pod.
 
-Victims must be pods the preemptor may evict (`scoring.policy.may_evict`: latency-critical pods
+A pod group's member makes room only inside its group's domain (`scoring/groups.py`), and the
+room held for other groups stays taken. Victims must be pods the preemptor may evict (`scoring.policy.may_evict`: latency-critical pods
 evict batch pods only; batch pods never evict latency-critical ones). On each node the acceptable
 candidates are added lowest priority first until the pod fits; then each chosen victim, highest
 priority first, is put back if the pod still fits without evicting it. A node where no acceptable
@@ -24,6 +25,11 @@ def victims_for(
     """Node -> victim pod UIDs (subset of `candidates`), for nodes where the pod can fit."""
     config = view.config
     spread = view.model_spread(request)
+    group = request.group.name if request.group else None
+    domain = view.group_domain(group) if group else None
+    if domain is not None:  # a group member makes room inside its group's domain only
+        inside = view.domain_nodes(domain)
+        candidates = {node: uids for node, uids in candidates.items() if node in inside}
     chosen: dict[str, list[str]] = {}
     for node_name, uids in candidates.items():
         pods = {uid: pod for uid in uids if (pod := view.pod(uid)) is not None}
@@ -33,7 +39,7 @@ def victims_for(
         )
 
         def fits(evicted: list[str]) -> bool:
-            node = view.node_without(node_name, evicted)
+            node = view.node_without(node_name, evicted, group)
             if node is None:
                 return False
             return policy.score_node(node, request, spread, view.samples, view.now(), config).feasible

@@ -182,3 +182,24 @@ def test_members_never_end_in_two_domains_and_held_room_is_never_planned_twice(s
         placed = {cluster.clique_of(cluster.binder.bound[p["metadata"]["name"]][0])
                   for p in members if p["metadata"]["name"] in cluster.binder.bound}
         assert len(placed) <= 1, f"group {members[0]['metadata']['name']} in {placed}"
+
+
+def test_a_latency_critical_group_makes_room_by_evicting_batch_pods_inside_one_domain_only():
+    nodes = domains({"a": 2, "b": 3, "c": 4})
+    batch = [pod(f"batch-{n['metadata']['name']}", 4, node_name=n["metadata"]["name"], namespace="batch",
+                 priority=0) for n in nodes]
+    group = lws_group("chat", 0, 3, 4)
+    for p in group:
+        p["spec"]["priority"] = 1_000_000  # the shipped gpu-latency-critical class
+    cluster = Cluster(nodes, batch + group)
+    answer = cluster.filter(group[0])
+    assert answer["NodeNames"] == []
+    assert set(answer["FailedNodes"]) == {f"b-{i}" for i in range(3)}  # resolvable: evicting makes room
+    assert cluster.view.group_status("infer/chat/chat-key-0")["domain"] == f"{CLIQUE}=b"  # fits 3, fewest evictions
+    offered = {n["metadata"]["name"]: {"Pods": [{"UID": f"uid-batch-batch-{n['metadata']['name']}"}]} for n in nodes}
+    chosen = cluster.client.post("/preempt", json={"Pod": group[0], "NodeNameToMetaVictims": offered}).json()
+    assert set(chosen["NodeNameToMetaVictims"]) == {"b-0", "b-1", "b-2"}
+    # A batch group in the same place is told that nothing fits, for good.
+    batch_group = lws_group("etl", 0, 3, 4)
+    answer = cluster.filter(batch_group[0])
+    assert set(answer["FailedAndUnresolvableNodes"]) == set(cluster.names)
