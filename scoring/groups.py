@@ -175,15 +175,17 @@ def choose(feasible: Sequence[GpuNode], request: PodRequest, needed: int,
     a member is feasible; with `reclaim` (node -> GPUs of pods the member may evict; its nodes
     count too), the latency-critical second choice (see the module docstring)."""
     keys = present_levels(feasible, levels)
-    rooms = [room(n, request, reclaim.get(n.name, 0) if reclaim else 0) for n in feasible]
+    frees = [len(free_gpus(n)) for n in feasible]
+    per = request.gpus
+    rooms = [(f + (reclaim.get(n.name, 0) if reclaim else 0)) // per if per else 1 for n, f in zip(feasible, frees)]
     first: Shortfall | None = None
     for key in keys:
         totals: dict[Domain, int] = defaultdict(int)
         free: dict[Domain, int] = defaultdict(int)
-        for node, fits in zip(feasible, rooms):
+        for node, fits, count in zip(feasible, rooms, frees):
             domain = domain_of(node, key)
             totals[domain] += fits
-            free[domain] += len(free_gpus(node))
+            free[domain] += count
         fitting = [d for d, r in totals.items() if r >= needed]
         if fitting:
             fewest_evictions = -1 if reclaim else 1
@@ -248,10 +250,12 @@ def evaluate(node: GpuNode, placement: Placement) -> SignalResult:
 
 
 def outside(domain: Domain) -> SignalResult:
-    """A node outside the domain of a group in required mode (names no group: the rejection is
-    the same for every group placed there)."""
-    return SignalResult.reject(f"the pod's group is placed in {domain}; this node is not in it",
-                               f"outside the pod group's {domain.key or 'domain'}", unresolvable=True)
+    """A node outside the domain of a group in required mode. It names the level, not the domain
+    or the group, so one rejection per node and level serves every group (/explain shows the
+    group's domain beside it)."""
+    reason = f"outside the pod group's {domain.key or 'domain'}"
+    return SignalResult.reject(f"{reason} (another {domain.key} domain)" if domain.key else reason, reason,
+                               unresolvable=True)
 
 
 def apply(breakdown: ScoreBreakdown, node: GpuNode, placement: Placement) -> ScoreBreakdown:

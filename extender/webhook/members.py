@@ -4,8 +4,8 @@ room held for it (`scoring/groups.py`, `extender/groups.py`).
 The member's own decisions come from the shape's cached Answers, as for any pod of its shape:
 there the room held for its group counts as taken, so the nodes holding it are scored again as
 the group sees them. Nodes outside the domain (required mode) get one cached rejection per node
-and domain: a member of a group in one NVLink domain of a 5,000-node cluster costs a look-up
-per node outside it, and a scoring only of the nodes inside.
+and topology level, shared by every group: a member of a group in one NVLink domain of a
+5,000-node cluster costs a look-up per node outside it, and a scoring only of the nodes inside.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from scoring import groups, policy
 from scoring.groups import REQUIRED, Domain, Shortfall
 from scoring.model import Plan, PodRequest, ScoreBreakdown, WorkloadClass
 
-OUTSIDE_KEPT = 100_000  # cached rejections (node, domain): 20 domains at 5,000 nodes
+OUTSIDE_KEPT = 100_000  # cached rejections (node, level): 20 levels at 5,000 nodes
 
 
 class Members:
     def __init__(self, view: ClusterView):
         self.view = view
-        self._outside: OrderedDict[tuple[str, Domain], NodeAnswer] = OrderedDict()
+        self._outside: OrderedDict[tuple[str, str], NodeAnswer] = OrderedDict()
 
     def answer(self, request: PodRequest, names: list[str], records: list[NodeAnswer | None]
                ) -> tuple[list[NodeAnswer | None], Answers]:
@@ -50,7 +50,7 @@ class Members:
             if r is None:
                 continue
             if name not in inside and placement.mode == REQUIRED:
-                out[name] = self._outside_answer(name, placement.domain, group.name)
+                out[name] = self._outside_answer(name, placement.domain)
                 continue
             breakdown, node = r.breakdown, view.node(name)
             if name in held:
@@ -62,9 +62,9 @@ class Members:
                 out[name] = NodeAnswer.of(groups.apply(breakdown, node, placement))
         return [out.get(n) for n in names], Answers.of(out)
 
-    def _outside_answer(self, name: str, domain: Domain, group: str) -> NodeAnswer:
+    def _outside_answer(self, name: str, domain: Domain) -> NodeAnswer:
         """The rejection of a node outside the group's domain (cached: it names no group)."""
-        key = (name, domain)
+        key = (name, domain.key)
         found = self._outside.get(key)
         if found is None:
             signal = groups.outside(domain)
