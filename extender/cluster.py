@@ -152,7 +152,9 @@ class ClusterView:
         self._pods_on.clear()
         self._shapes.clear()
         touched |= {n for held in self._groups.held().values() for n in held}
+        counts = self._groups.min_counts
         self._groups = GroupBook(self.config.groups)
+        self._groups.min_counts = counts
         for pod in pods:
             touched |= self._store_pod(pod)
         alive = {convert.name_of(p) for p in self._pods.values()}
@@ -209,6 +211,22 @@ class ClusterView:
             self._shapes.set_supply(fragmentation.Supply(Counter(self._supply.values())))
             self._supply_moved = False
         self._shapes.publish()
+
+    def set_min_counts(self, counts: Mapping[str, int], replace_all: bool = False, gone: Iterable[str] = ()) -> None:
+        """Workload API gang sizes (extender/workload_api.py): `counts` added (all of them with
+        `replace_all`), `gone` removed; the holds of the groups they size are planned again."""
+        with self._lock:
+            book = self._groups.min_counts
+            before = dict(book)
+            if replace_all:
+                book.clear()
+            for gang in gone:
+                book.pop(gang, None)
+            book.update(counts)
+            moved = {g for g in set(before) | set(book) if before.get(g) != book.get(g)}
+            for name in self._groups.groups_of_gangs(moved):
+                self._replan_due.setdefault(name, False)
+            self._publish()
 
     def set_samples(self, samples: Mapping[str, GpuSample]) -> None:
         with self._lock:

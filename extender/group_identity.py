@@ -5,8 +5,9 @@ the scheduler-plugins PodGroup label, our own `gpu-extender.io/group`) are tried
 first whose keys are all set (as labels or annotations) names the group. Then Kubernetes' Workload
 API (feature gate GenericWorkload): `spec.schedulingGroup.podGroupName` from 1.36 on,
 `spec.workloadRef` (Workload, pod group, replica key) in 1.35. A group's size is its size key's
-value where there is one, else 0: counted from the group's pods the cluster view holds (a
-PodGroup's minMember and a Workload's minCount live in objects the extender does not watch).
+value where there is one, else 0: counted from the group's pods the cluster view holds, or for
+the Workload API its gang's minCount (`gang`: extender/workload_api.py watches those objects).
+A scheduler-plugins PodGroup's minMember lives in an object the extender does not watch.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ def group_of(pod: Mapping[str, Any], identities: tuple[Identity, ...]) -> GroupR
     spec = pod.get("spec") or {}
     group = spec.get(SCHEDULING_GROUP)
     if isinstance(group, Mapping) and group.get("podGroupName"):
-        return GroupRef(f"{namespace}/{group['podGroupName']}", 0)
+        name = f"{namespace}/{group['podGroupName']}"
+        return GroupRef(name, 0, gang=name)
     ref = spec.get(WORKLOAD_REF)
     if isinstance(ref, Mapping) and ref.get("name"):
         parts = [str(ref[k]) for k in ("name", "podGroup", "podGroupReplicaKey") if ref.get(k)]
-        return GroupRef("/".join((namespace, *parts)), 0)
+        return GroupRef("/".join((namespace, *parts)), 0, gang="/".join((namespace, *parts[:2])))
     return None
 
 

@@ -57,6 +57,8 @@ class GroupBook:
         self._group_of: dict[str, str] = {}  # pod key -> group
         self._declared: dict[str, int] = {}
         self._on_node: dict[str, dict[str, tuple[int, ...]]] = defaultdict(dict)  # node -> group -> GPUs
+        self.min_counts: dict[str, int] = {}  # Workload API gang -> minCount
+        self._gang_of: dict[str, str] = {}  # group -> its Workload API gang
 
     # --- what the view tells it ------------------------------------------------------------
 
@@ -66,6 +68,8 @@ class GroupBook:
         annotation's group part, if any); returns whether the group's holds must be planned again."""
         self._pods[ref.name].add(key)
         self._group_of[key] = ref.name
+        if ref.gang:
+            self._gang_of[ref.name] = ref.gang
         if ref.size:
             self._declared[ref.name] = max(self._declared.get(ref.name, 0), ref.size)
         record = self.records.get(ref.name)
@@ -101,6 +105,7 @@ class GroupBook:
             return name, set()
         del self._pods[name]
         self._declared.pop(name, None)
+        self._gang_of.pop(name, None)
         del self.records[name]
         return None, self._set_held(record, {})
 
@@ -112,7 +117,12 @@ class GroupBook:
     # --- reads -----------------------------------------------------------------------------
 
     def size(self, name: str, declared: int = 0) -> int:
-        return max(declared, self._declared.get(name, 0), len(self._pods.get(name, ())))
+        gang = self.min_counts.get(self._gang_of.get(name, ""), 0)
+        return max(declared, gang, self._declared.get(name, 0), len(self._pods.get(name, ())))
+
+    def groups_of_gangs(self, gangs: set[str]) -> list[str]:
+        """The groups sized by these gangs (whose holds a new minCount changes)."""
+        return [name for name, gang in self._gang_of.items() if gang in gangs and name in self.records]
 
     def missing(self, record: Record) -> int:
         return max(0, self.size(record.name, record.declared) - len(record.placed))

@@ -33,6 +33,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from extender import annotations as ann
+from extender import workload_api
 from extender.webhook.app import BindError
 from extender.cluster import ClusterView, pod_key, slim
 from extender.groups import Released
@@ -44,6 +45,7 @@ LIST_PAGE = 500
 EVENTS_QUEUED = 10_000
 CONNECTIONS = 64
 MAX_BACKOFF = 30.0
+GANGS_WAIT = 10  # seconds the view waits for the Workload API's pod groups before it answers without them
 CREDENTIALS_CHECK_SECONDS = 10.0
 
 
@@ -174,7 +176,8 @@ class ListWatch:
 
 
 class Watcher:
-    """Keeps a ClusterView current from a watch of every node and every pod."""
+    """Keeps a ClusterView current from a watch of every node and every pod, and of the Workload
+    API's pod groups where the API server serves them (their minCount sizes groups)."""
 
     def __init__(self, api: client.ApiClient, view: ClusterView, page_size: int = LIST_PAGE):
         core = client.CoreV1Api(api)
@@ -187,13 +190,34 @@ class Watcher:
             ListWatch("pods", core.list_pod_for_all_namespaces, view.replace_pods, self._pod_event,
                       keep=partial(slim, "Pod", config=cfg), page_size=page_size, stop=self.stop),
         )
+        found = workload_api.served(api)
+        self.gangs = None if found is None else ListWatch(
+            f"{found[1]}.{workload_api.GROUP}/{found[0]}", workload_api.list_call(api, *found), self._gangs_listed,
+            self._gang_event, page_size=page_size, stop=self.stop)
+        self._gang_keys: dict[str, set[str]] = {}  # object -> the gangs it sized
 
     def start(self) -> None:
-        for watch in (self.nodes, self.pods):
-            watch.start()
+        for watch in (self.nodes, self.pods, self.gangs):
+            if watch is not None:
+                watch.start()
         threading.Thread(target=self._mark_synced, name="watch-synced", daemon=True).start()
 
+    def _gangs_listed(self, items: list[dict[str, Any]]) -> None:
+        self._gang_keys = {pod_key(o): set(workload_api.min_counts(o)) for o in items}
+        self.view.set_min_counts({k: v for o in items for k, v in workload_api.min_counts(o).items()},
+                                 replace_all=True)
+
+    def _gang_event(self, event: str, obj: dict[str, Any]) -> None:
+        counts = {} if event == "DELETED" else workload_api.min_counts(obj)
+        before = self._gang_keys.pop(pod_key(obj), set())
+        if counts:
+            self._gang_keys[pod_key(obj)] = set(counts)
+        self.view.set_min_counts(counts, gone=before - set(counts))
+
     def _mark_synced(self) -> None:
+        if self.gangs is not None and not self.gangs.listed.wait(GANGS_WAIT):
+            log.warning("%s not listed within %ds (RBAC?): group sizes are counted from their pods until it is",
+                        self.gangs.kind, GANGS_WAIT)
         for watch in (self.nodes, self.pods):
             watch.listed.wait()
         self.view.synced = True

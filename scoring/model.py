@@ -155,6 +155,7 @@ class GroupRef:
 
     name: str
     size: int
+    gang: str = ""  # Workload API: the pod group whose minCount sizes it (extender/workload_api.py)
 
 
 @dataclass(frozen=True, slots=True)

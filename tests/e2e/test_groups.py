@@ -1,5 +1,6 @@
 """Pod groups through the real kube-scheduler and the shipped configuration: plain pods with
-LeaderWorkerSet and JobSet labels (no controllers needed) on nodes labelled as NVLink domains.
+LeaderWorkerSet and JobSet labels (no controllers needed), or in a Workload API gang, on nodes labelled as NVLink
+domains.
 Each group lands in one domain; a group that fits none stays pending with the reason; a batch
 burst while a group is half placed does not take its room; and an extender killed mid-group
 still ends with the group in one domain."""
@@ -7,10 +8,12 @@ still ends with the group in one domain."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
+from kubernetes import dynamic
 
-from tests.e2e.conftest import Stack, nvlink_node, wait_bound, wait_until
+from tests.e2e.conftest import RELEASE, Stack, nvlink_node, wait_bound, wait_until
 from tests.groups_cluster import CLIQUE, JOBSET, LWS
 
 NAMESPACE = "groups"
@@ -115,3 +118,60 @@ def test_an_extender_killed_mid_group_still_ends_with_the_group_in_one_domain(st
     bound = [p for p in stack.plane.core.list_namespaced_pod(NAMESPACE).items
              if p.metadata.name.startswith("during-") and p.spec.node_name]
     assert len(bound) == 8  # the other domain's 32 GPUs; the rest wait
+
+
+def _workload_api(release: str) -> tuple[tuple[str, ...], Callable[[str, int], dict], Callable[[str], dict]]:
+    """For the release under test: the API server flags that serve the Workload API, a gang
+    object of a minCount, and the pod spec part that names it."""
+    minor = int(release.split(".")[1])
+    if minor == 35:
+        return (("--feature-gates=GenericWorkload=true", "--runtime-config=scheduling.k8s.io/v1alpha1=true"),
+                lambda name, count: {"apiVersion": "scheduling.k8s.io/v1alpha1", "kind": "Workload",
+                                     "metadata": {"name": name, "namespace": NAMESPACE},
+                                     "spec": {"podGroups": [{"name": "workers",
+                                                             "policy": {"gang": {"minCount": count}}}]}},
+                lambda name: {"workloadRef": {"name": name, "podGroup": "workers"}})
+    version = "v1alpha2" if minor == 36 else "v1beta1"
+    return (("--feature-gates=GenericWorkload=true", f"--runtime-config=scheduling.k8s.io/{version}=true"),
+            lambda name, count: {"apiVersion": f"scheduling.k8s.io/{version}", "kind": "PodGroup",
+                                 "metadata": {"name": name, "namespace": NAMESPACE},
+                                 "spec": {"schedulingPolicy": {"gang": {"minCount": count}}}},
+            lambda name: {"schedulingGroup": {"podGroupName": name}})
+
+
+@pytest.fixture(scope="module")
+def workload_stack(tmp_path_factory):
+    flags, gang, ref = _workload_api(RELEASE)
+    stack = Stack(tmp_path_factory.mktemp("workload-api"), api_args=flags)
+    yield stack, gang, ref
+    stack.stop()
+
+
+def test_a_workload_api_gang_s_min_count_holds_room_for_members_not_created_yet(workload_stack):
+    stack, gang, ref = workload_stack
+    plane = stack.plane
+    domain_nodes(stack, "five", {"a": 3, "b": 3})
+    plane.namespace(NAMESPACE)
+    dynamic.DynamicClient(plane.api).resources.get(api_version=gang("x", 1)["apiVersion"],
+                                                   kind=gang("x", 1)["kind"]).create(gang("infer", 3), namespace=NAMESPACE)
+    first = gpu_pod("infer-0", 8, "five")
+    first["spec"] |= ref("infer")
+    plane.pod(first)
+    leader = wait_bound(plane.core, "infer-0", NAMESPACE)
+    assert plane.core.read_namespaced_pod("infer-0", NAMESPACE).spec.to_dict().get(
+        "scheduling_group" if "schedulingGroup" in ref("x") else "workload_ref"), "the API server dropped the reference"
+    domain = clique_of(stack, leader.spec.node_name)
+    batch = [gpu_pod(f"fill-{i}", 8, "five") for i in range(4)]
+    for pod in batch:  # one more than the other domain holds
+        plane.pod(pod)
+    wait_until(lambda: sum(bool(plane.core.read_namespaced_pod(p["metadata"]["name"], NAMESPACE).spec.node_name)
+                           for p in batch) >= 3, "three batch pods bound", 60)
+    time.sleep(3)
+    placed = [plane.core.read_namespaced_pod(p["metadata"]["name"], NAMESPACE).spec.node_name for p in batch]
+    assert sum(map(bool, placed)) == 3, placed  # the fourth waits: the gang's room is held (minCount 3)
+    assert domain not in {clique_of(stack, n) for n in placed if n}
+    for i in (1, 2):
+        member = gpu_pod(f"infer-{i}", 8, "five")
+        member["spec"] |= ref("infer")
+        plane.pod(member)
+    assert cliques(stack, ["infer-0", "infer-1", "infer-2"]) == {domain}

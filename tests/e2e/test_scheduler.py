@@ -160,6 +160,7 @@ def test_every_manifest_passes_a_server_side_dry_run(plane):
     ("create", "pods", "eviction", False), ("get", "configmaps", "", False),
     ("list", "endpointslices.discovery.k8s.io", "", True), ("watch", "endpointslices.discovery.k8s.io", "", False),
     ("create", "endpointslices.discovery.k8s.io", "", False),
+    ("watch", "podgroups.scheduling.k8s.io", "", True), ("create", "podgroups.scheduling.k8s.io", "", False),
 ])
 def test_the_extender_service_account_can_do_what_it_needs_and_nothing_more(
         plane, verb, resource, subresource, allowed):
