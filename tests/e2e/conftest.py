@@ -43,9 +43,15 @@ def wait_until(check: Callable[[], T | None], what: str, seconds: float = 30) ->
 
 
 
+KUBERNETES = os.environ.get("GPU_EXTENDER_KUBERNETES", "")  # a release to test on (v1.35.4); default: go.mod's
+RELEASE = KUBERNETES or next(line.split()[1] for line in (ROOT / "tests" / "e2e" / "go.mod").read_text().splitlines()
+                             if line.split()[:1] == ["k8s.io/kubernetes"])
+
+
 class ControlPlane:
-    def __init__(self, work: Path):
-        built = subprocess.run([str(ROOT / "scripts" / "build-control-plane")], capture_output=True, text=True)
+    def __init__(self, work: Path, api_args: tuple[str, ...] = ()):
+        version = [KUBERNETES] if KUBERNETES else []
+        built = subprocess.run([str(ROOT / "scripts" / "build-control-plane"), *version], capture_output=True, text=True)
         assert built.returncode == 0, built.stderr
         self.bin_dir = bin_dir = Path(built.stdout.strip().splitlines()[-1])
         self.work = work
@@ -71,7 +77,8 @@ class ControlPlane:
                          "--service-account-key-file=sa.pub", "--service-account-signing-key-file=sa.key",
                          "--authorization-mode=RBAC", "--token-auth-file=tokens.csv",
                          f"--cert-dir={work / 'certs'}", "--service-cluster-ip-range=10.96.0.0/16",
-                         "--etcd-compaction-interval=2s"]  # little history: old watches meet 410 Gone
+                         "--etcd-compaction-interval=2s",  # little history: old watches meet 410 Gone
+                         *api_args]
         self.url = f"https://127.0.0.1:{api_port}"
         self._api = self._start_apiserver()
         self.ca = work / "certs" / "apiserver.crt"  # self-signed: the serving certificate and its CA
@@ -84,6 +91,8 @@ class ControlPlane:
         }))
         self.api = config.new_client_from_config(config_file=str(self.kubeconfig))
         self.core = client.CoreV1Api(self.api)
+        self.version = client.VersionApi(self.api).get_code().git_version
+        assert not KUBERNETES or self.version == KUBERNETES, f"asked for Kubernetes {KUBERNETES}, got {self.version}"
         for manifest in ("priorityclasses.yaml", "rbac.yaml"):
             self.apply(MANIFESTS / manifest)
 
@@ -263,7 +272,8 @@ class Recorder:
 
     def check(self, verbs: list[str]) -> None:
         """These verbs were called, with bodies shaped like the committed fixtures (which
-        RECORD_SCHEDULER_REQUESTS=1 rewrites from this run)."""
+        RECORD_SCHEDULER_REQUESTS=1 rewrites from this run). Of a Pod, only the fields the
+        extender reads count: each Kubernetes release defaults a few others of its own."""
         assert set(verbs) <= set(self.bodies)
         for verb in verbs:
             body = json.loads(self.bodies[verb])
@@ -278,10 +288,18 @@ def save_recorded(name: str, data: object) -> None:
     (RECORDED / name).write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _shape(value, depth: int = 0):
+POD_READ = {"metadata": {"name", "namespace", "uid"},
+            "spec": {"containers", "nodeName", "priority", "priorityClassName", "nodeSelector", "affinity"},
+            "status": {"phase"}}  # what extender/convert.py reads of the Pod that kube-scheduler sends
+
+
+def _shape(value, depth: int = 0, key: str = ""):
     """Keys and value types down to three levels (values and list lengths left out)."""
+    if key == "Pod" and isinstance(value, dict):
+        return {part: {k: _shape(v, depth + 2) for k, v in (value.get(part) or {}).items() if k in kept}
+                for part, kept in POD_READ.items()}
     if isinstance(value, dict) and depth < 3:
-        return {k: _shape(v, depth + 1) for k, v in value.items() if k not in ("annotations", "labels")}
+        return {k: _shape(v, depth + 1, k) for k, v in value.items() if k not in ("annotations", "labels")}
     if isinstance(value, list):
         return ["list"]
     return type(value).__name__
@@ -292,8 +310,9 @@ class Stack:
     configuration); with `record`, kube-scheduler calls the extender through a Recorder;
     `extender_args`: more `serve` options for the extender."""
 
-    def __init__(self, work: Path, record: bool = False, extender_args: tuple[str, ...] = ()):
-        self.plane = ControlPlane(work)
+    def __init__(self, work: Path, record: bool = False, extender_args: tuple[str, ...] = (),
+                 api_args: tuple[str, ...] = ()):
+        self.plane = ControlPlane(work, api_args)
         try:
             self.extender = Extender(self.plane, work / "extender.log", extender_args)
             self.recorder = Recorder(f"http://127.0.0.1:{self.extender.port}") if record else None
