@@ -30,8 +30,8 @@ def test_example_config_is_the_default_config():
     assert config.parse(snapshot.read_document(ROOT / "examples" / "config.yaml")) == config.PolicyConfig()
 
 
-def test_readme_config_block_is_the_default_config():
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- default-config -->\n```yaml\n(.*?)```", readme, re.S)
-    assert block, "README lacks the default-config block"
+def test_docs_config_block_is_the_default_config():
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    block = re.search(r"<!-- default-config -->\n```yaml\n(.*?)```", reference, re.S)
+    assert block, "docs/configuration.md lacks the default-config block"
     assert block.group(1) == (ROOT / "examples" / "config.yaml").read_text()
