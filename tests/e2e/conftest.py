@@ -1,5 +1,7 @@
 """A real etcd, kube-apiserver and kube-scheduler on loopback (built by scripts/build-control-plane),
-the shipped manifests applied, and the extender serving them live under its own service account.
+the Helm chart installed with its default values (helm built by scripts/build-helm), and the
+extender serving live under its own service account, with the arguments and the scheduler
+configuration of the chart as installed.
 No kubelets: pods are API objects, and a bound pod is what we test. When a test fails, the tail of
 every component's log is attached to its report."""
 
@@ -23,6 +25,9 @@ import pytest
 import yaml
 from kubernetes import client, config, dynamic
 
+from tests.test_chart import CHART, helm
+from tests.test_chart import NAMESPACE as CHART_NAMESPACE
+from tests.test_chart import RELEASE as RELEASE_NAME
 from tests.waiting import wait_for
 from tests.webhook.conftest import free_port
 
@@ -30,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
 RECORDED = ROOT / "tests" / "webhook" / "recorded"
 T = TypeVar("T")
+DCGM_OPTIONS = ("--dcgm-", "--prometheus-url", "--metrics")
 TOKEN = "e2e-admin-token"
 
 
@@ -93,18 +99,32 @@ class ControlPlane:
         self.core = client.CoreV1Api(self.api)
         self.version = client.VersionApi(self.api).get_code().git_version
         assert not KUBERNETES or self.version == KUBERNETES, f"asked for Kubernetes {KUBERNETES}, got {self.version}"
-        for manifest in ("priorityclasses.yaml", "rbac.yaml"):
-            self.apply(MANIFESTS / manifest)
+        self.helm_env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
+                         **{f"HELM_{kind}_HOME": str(work / "helm" / kind.lower()) for kind in ("CACHE", "CONFIG", "DATA")}}
+        installed = subprocess.run([helm(), "install", RELEASE_NAME, str(CHART), "--namespace", CHART_NAMESPACE],
+                                   env=self.helm_env, capture_output=True, text=True, timeout=180)
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+
+    def installed_extender_args(self) -> list[str]:
+        """The gpu-extender container's `serve` arguments in the installed Deployment, but its port."""
+        deployment = client.AppsV1Api(self.api).read_namespaced_deployment("gpu-scheduler", CHART_NAMESPACE)
+        container = next(c for c in deployment.spec.template.spec.containers if c.name == "gpu-extender")
+        assert container.args[0] == "serve", container.args
+        return [a for a in container.args[1:] if not a.startswith(("--port", "--host"))]
+
+    def installed_scheduler_config(self) -> str:
+        return self.core.read_namespaced_config_map("gpu-scheduler-config", CHART_NAMESPACE).data["config.yaml"]
 
     def apply(self, path: Path, dry_run: bool = False) -> list[dict]:
-        """Server-side apply of every document in a manifest file; the objects as the server has them."""
+        """Server-side apply of every document in a manifest file; the objects as the server has them.
+        Fields the installed chart (Helm) manages are taken over: the file's values win."""
         resources = dynamic.DynamicClient(self.api).resources
         applied = []
         for doc in yaml.safe_load_all(path.read_text()):
             resource = resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
             namespace = doc["metadata"].get("namespace")
             applied.append(resource.server_side_apply(
-                body=doc, name=doc["metadata"]["name"], namespace=namespace, field_manager="e2e",
+                body=doc, name=doc["metadata"]["name"], namespace=namespace, field_manager="e2e", force_conflicts=True,
                 dry_run="All" if dry_run else None).to_dict())
         return applied
 
@@ -193,12 +213,16 @@ class ControlPlane:
 
 
 class Extender:
-    """`gpu-extender serve` in live mode, as the gpu-extender service account of manifests/rbac.yaml;
-    `args`: more `serve` options."""
+    """`gpu-extender serve` in live mode, as the gpu-extender service account the chart installed,
+    with the installed Deployment's arguments; `args`: more `serve` options (a DCGM source among
+    them replaces the installed one)."""
 
     def __init__(self, plane: ControlPlane, log: Path, args: tuple[str, ...] = ()):
         self.port = free_port()
-        self.plane, self.log, self.args = plane, log, args
+        installed = plane.installed_extender_args()
+        if any(a.startswith(DCGM_OPTIONS) for a in args):
+            installed = [a for a in installed if not a.startswith(DCGM_OPTIONS)]
+        self.plane, self.log, self.args = plane, log, (*installed, *args)
         self.kubeconfig = plane.kubeconfig_for("gpu-extender")
         self.start()
 
@@ -217,12 +241,12 @@ class Extender:
 
 
 class Scheduler:
-    """kube-scheduler with the shipped KubeSchedulerConfiguration (manifests/scheduler-config.yaml),
-    only the extender's URL and the kubeconfig path changed; as the gpu-scheduler service account."""
+    """kube-scheduler with the KubeSchedulerConfiguration the chart installed, only the extender's
+    URL and the kubeconfig path changed; as the gpu-scheduler service account."""
 
     def __init__(self, plane: ControlPlane, extender_port: int, log: Path,
                  edit: Callable[[dict], None] | None = None):
-        shipped = yaml.safe_load((MANIFESTS / "scheduler-config.yaml").read_text())["data"]["config.yaml"]
+        shipped = plane.installed_scheduler_config()
         kubeconfig = str(plane.kubeconfig_for("gpu-scheduler"))
         config_ = yaml.safe_load(shipped)
         config_["clientConnection"]["kubeconfig"] = kubeconfig
