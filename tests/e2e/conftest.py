@@ -84,6 +84,8 @@ class ControlPlane:
                          "--authorization-mode=RBAC", "--token-auth-file=tokens.csv",
                          f"--cert-dir={work / 'certs'}", "--service-cluster-ip-range=10.96.0.0/16",
                          "--etcd-compaction-interval=2s",  # little history: old watches meet 410 Gone
+                         # no kubernetes Service endpoints: 1.37 refuses a loopback address for them
+                         "--endpoint-reconciler-type=none",
                          *api_args]
         self.url = f"https://127.0.0.1:{api_port}"
         self._api = self._start_apiserver()

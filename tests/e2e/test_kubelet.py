@@ -193,8 +193,10 @@ def test_restarted_kubelet_keeps_its_pods(plane, start_node):
         s.bind(str(stale))
 
     node.restart_kubelet()
-    # The new kubelet removed the sockets there and serves a new kubelet.sock: plugins register again.
-    assert not stale.exists() and answers(node.device_plugin_dir / "kubelet.sock")
+    # The new kubelet removes the sockets there and serves a new kubelet.sock: plugins register again.
+    # Its device manager starts after the Node is Ready, a moment later on a loaded machine.
+    wait_until(lambda: not stale.exists() and answers(node.device_plugin_dir / "kubelet.sock") or None,
+               "the restarted kubelet to clear its device-plugin dir and serve kubelet.sock", 30)
     time.sleep(2)  # a few PLEG relists and status syncs of the new kubelet
     assert plane.core.read_namespaced_pod("app", "kubelet-restart").status.phase == "Running"
     assert len(node.containers_of(pod.metadata.uid)) == 1  # the running container was kept, not re-created
