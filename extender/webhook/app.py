@@ -169,7 +169,9 @@ def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector
     def prioritize(body: bytes) -> bytes:
         args = wire.decode(body, wire.PrioritizeArgs)
         request = decider.request(args.Pod)
-        if args.Nodes is None and (answer := passed_back(decider.answers(request), bytes(args.NodeNames), best_only)):
+        # the whole-cluster shortcut holds a shape's own answers; a group member's are its group's
+        if (args.Nodes is None and request.group is None
+                and (answer := passed_back(decider.answers(request), bytes(args.NodeNames), best_only))):
             return answer
         names, _, decision, answers = decided(args.args(), request)
         return prioritize_answer(answers, names, decision.records, decision.unknown, best_only)
