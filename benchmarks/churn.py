@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from tests.e2e.conftest import ControlPlane, Extender, Scheduler, nvlink_node  # noqa: E402
 from podwatch import watch_pods  # noqa: E402
-from webhook_latency import machine  # noqa: E402
+from webhook_latency import machine, percentile  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "churn.json"
 NAMESPACE = "churn"
@@ -130,11 +130,6 @@ def slope(points: list[tuple[float, float]]) -> float:
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     den = sum((x - mx) ** 2 for x in xs)
     return 60 * sum((x - mx) * (y - my) for x, y in points) / den if den else 0.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:

@@ -51,10 +51,9 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
-import os
-import platform
 import random
 import statistics
+import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
@@ -68,6 +67,9 @@ from scoring.groups import CLIQUE, LWS, Domain, Placement, Shortfall
 from scoring.model import GpuNode, PodRequest, ScoreBreakdown, Usage, WorkloadClass
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from webhook_latency import machine, percentile  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "groups.json"
 BLOCK = "cloud.google.com/gce-topology-block"
 MIX = {"inference": 0.2, "training": 0.1, "single": 0.7}
@@ -373,10 +375,6 @@ def pod_object(name: str, gpus: int, labels: dict[str, str] | None = None, notes
                          "annotations": {"gpu-extender.io/class": "latency-critical"} | (notes or {})}}
 
 
-def percentile(values: list[float], q: float) -> float:
-    return sorted(values)[min(len(values) - 1, round(q * (len(values) - 1)))]
-
-
 def latency(n_nodes: int, n_members: int, size: int, seed: int) -> dict[str, Any]:
     """`Decider.decide` for LeaderWorkerSet members and, alternating, plain pods of the same shape
     (4 GPUs, latency-critical); each bound through /bind, then shown bound to the view."""
@@ -460,11 +458,9 @@ def main() -> None:
         for point in (f"{100 * p:.0f}%" for p in POINTS):
             print(f"| {name} | {point} | " + " | ".join(f"{row[point][k]:g}" for k in FIGURES)
                   + f" | {row['run_s_median']} |")
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
     doc: dict[str, Any] = {
         "benchmark": "groups", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "parameters": {"domains": args.domains, "h100_nodes": args.h100_nodes, "seeds": seeds, "mix": MIX,
                        "interleave": INTERLEAVE, "training_8gpu": TRAIN_8GPU, "points": POINTS},
         "placement": placed}
