@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import replace
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -169,8 +169,10 @@ class ClusterView:
     def upsert_node(self, node: Obj) -> None:
         name = (node.get("metadata") or {}).get("name", "")
         with self._lock:
-            self._raw_nodes[name] = convert.slim_node(node, self.config.sharing.resource)
-            self._domains.clear()
+            old = self._raw_nodes.get(name)
+            new = self._raw_nodes[name] = convert.slim_node(node, self.config.sharing.resource)
+            if old is None or old["metadata"]["labels"] != new["metadata"]["labels"]:
+                self._domains.clear()  # heartbeats change annotations, not domains
             self._bases.pop(name, None)
             self._rebuild(name)
             self._publish()
@@ -385,7 +387,9 @@ class ClusterView:
             self._replan_due.setdefault(group, False)
 
     def expire_holds(self) -> None:
-        """Release the holds whose time ran out, and tell the listeners (once per hold)."""
+        """Release the holds whose time ran out, and tell the listeners (once per hold). The
+        webhook's background thread calls it (extender/webhook/decisions.py), and a group's own
+        request: never the request path of other pods."""
         with self._lock:
             self._expire_holds()
 
@@ -410,7 +414,6 @@ class ClusterView:
         with self._lock:
             if self.now() >= self._next_expiry:
                 self._expire()
-            self._expire_holds()
             end = self._changes_base + len(self._changes)
             if seq < self._changes_base:
                 return end, None

@@ -108,10 +108,11 @@ def group_report(view: ClusterView, request: PodRequest, decision: Decision) -> 
         doc["shortfall"] = next((r.breakdown.reason for r in decision.records if r is not None), "")
     else:
         doc |= status
-    doc["domains"] = [  # as the group sees them: the room held for it counts as free
+    free = {n.name: len(groups.free_gpus(n)) for n in seen}  # as the group sees them: its held room is free
+    doc["domains"] = [
         {"level": key or "(cluster)", "domain": str(domain), "nodes": len(members),
-         "freeGpus": sum(len(groups.free_gpus(n)) for n in members),
-         "room": sum(groups.room(n, request) for n in members if len(groups.free_gpus(n)) >= max(request.gpus, 1))}
+         "freeGpus": sum(free[n.name] for n in members),
+         "room": sum(groups.room(free[n.name], request) for n in members if free[n.name] >= max(request.gpus, 1))}
         for key in groups.present_levels(seen, view.config.groups.levels)
         for domain, members in sorted(groups.by_domain(seen, key).items(), key=lambda kv: (kv[0].key, kv[0].value))
     ]

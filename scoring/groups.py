@@ -146,10 +146,10 @@ def free_gpus(node: GpuNode) -> tuple[int, ...]:
     return tuple(i for i, left in zip(indices, free) if left == MILLI_PER_GPU)
 
 
-def room(node: GpuNode, request: PodRequest, reclaim: int = 0) -> int:
-    """Members of the request's shape that fit on the node now (the node already found feasible),
-    or once `reclaim` more GPUs are freed."""
-    return (len(free_gpus(node)) + reclaim) // request.gpus if request.gpus else 1
+def room(free: int, request: PodRequest) -> int:
+    """Members of the request's shape that fit in `free` whole GPUs of a node where the member
+    is feasible."""
+    return free // request.gpus if request.gpus else 1
 
 
 @dataclass(frozen=True)
@@ -176,8 +176,7 @@ def choose(feasible: Sequence[GpuNode], request: PodRequest, needed: int,
     count too), the latency-critical second choice (see the module docstring)."""
     keys = present_levels(feasible, levels)
     frees = [len(free_gpus(n)) for n in feasible]
-    per = request.gpus
-    rooms = [(f + (reclaim.get(n.name, 0) if reclaim else 0)) // per if per else 1 for n, f in zip(feasible, frees)]
+    rooms = [room(f + (reclaim.get(n.name, 0) if reclaim else 0), request) for n, f in zip(feasible, frees)]
     first: Shortfall | None = None
     for key in keys:
         totals: dict[Domain, int] = defaultdict(int)

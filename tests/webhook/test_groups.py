@@ -203,3 +203,20 @@ def test_a_latency_critical_group_makes_room_by_evicting_batch_pods_inside_one_d
     batch_group = lws_group("etl", 0, 3, 4)
     answer = cluster.filter(batch_group[0])
     assert set(answer["FailedAndUnresolvableNodes"]) == set(cluster.names)
+
+
+def test_a_node_relabelled_into_another_domain_moves_there():
+    from scoring.groups import Domain
+
+    nodes = domains({"a": 2, "b": 2})
+    cluster = Cluster(nodes, [])
+    assert cluster.view.domain_nodes(Domain(CLIQUE, "a")) == {"a-0", "a-1"}
+    moved = json.loads(json.dumps(nodes[0]))
+    moved["metadata"].setdefault("annotations", {})["gpu-extender.io/heartbeat"] = "2026-12-05T00:00:00Z"
+    cluster.view.upsert_node(moved)  # a heartbeat: same domains
+    assert cluster.view.domain_nodes(Domain(CLIQUE, "a")) == {"a-0", "a-1"}
+    moved = json.loads(json.dumps(moved))  # a new object, as each watch event brings
+    moved["metadata"]["labels"][CLIQUE] = "b"
+    cluster.view.upsert_node(moved)
+    assert cluster.view.domain_nodes(Domain(CLIQUE, "a")) == {"a-1"}
+    assert cluster.view.domain_nodes(Domain(CLIQUE, "b")) == {"a-0", "b-0", "b-1"}
