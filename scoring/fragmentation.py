@@ -29,17 +29,24 @@ could still take, m alone:
 
 Two views of what n can still do for the workload:
 
-    usable(n) = sum_m w_m * k_m * g_m * fits_m(n)      milli of m-pods n could still serve: exact
-                                                        remainders, multiples of k_m, CPU-starved
+    usable(n) = sum_{m: g_m < 1000} w_m * g_m * fits_m(n)   milli the share shapes could still
+                                                             use: exact remainders, CPU-starved
     S(n)      = sum_m w_m * (sum_{i: f_i < g_m} f_i  if fits_m(n) > 0  else  sum_i f_i)
                                                         FGD's fragmentation: GPUs too small for m
+
+usable(n) counts the share shapes only: what FGD's half cannot see is a remainder too small
+for a second pod of the shape (700 milli free serves one 470-milli pod, not 1.5). For whole-GPU
+shapes S(n) already counts a node that can no longer hold them, and counting them twice made
+pods open idle 8-GPU nodes rather than fill used ones: with whole shapes in usable(n) Ours
+fell 0.1 to 0.2 point behind FGD on lists where multi-GPU pods ask for 35 to 45% of the GPUs,
+and ahead without them (benchmarks/README.md says which lists chose this).
 
 Placing pod q (r_q milli in all) on GPUs P of n (n' = n with q on P) costs
 
     loss(q, n, P) = [usable(n) - usable(n')] + [S(n') - S(n) + r_q]      (each part >= 0)
     score         = 1 / (1 + loss / 1000)
 
-The first part is the workload capacity the pod removes, the second FGD's fragmentation gradient
+The first part is the share capacity the pod removes, the second FGD's fragmentation gradient
 (plus r_q, which is the same on every node): on the Alibaba openb trace either alone does worse
 than FGD on some pod list, their sum better on all (benchmarks/README.md); with p_m in place
 of w_m it fell behind FGD on lists where a third of the pods name their GPU model. One GPU of loss halves
@@ -242,13 +249,14 @@ def _compute_measures(workload: Workload, model: str, cpu_milli: int | None, fre
     usable_ = stranded_ = 0.0
     for (shape, p), w in zip(workload.shapes, workload.weights or (p for _, p in workload.shapes)):
         n = fits(shape, model, cpu_milli, free)
-        usable_ += w * shape.total * n
+        if shape.milli < MILLI:
+            usable_ += w * shape.milli * n
         stranded_ += w * (sum(f for f in free if f < shape.milli) if n else sum(free))
     return usable_, stranded_
 
 
 def usable(workload: Workload, model: str, cpu_milli: int | None, free: tuple[int, ...]) -> float:
-    """usable(n): the milli of the workload the node could still serve."""
+    """usable(n): the milli the workload's share shapes could still use on the node."""
     return _measures(workload, model, cpu_milli, tuple(sorted(free, reverse=True)))[0]
 
 

@@ -28,7 +28,7 @@ from .openb import read_nodes, read_pods
 from .replay import median_curves, replay
 from .variants import build, write
 
-TUNE = ("share60", "multigpu40", "spec20", "spec30", "specu20", "cpu200")
+TUNE = ("share60", "multigpu35", "multigpu40", "multigpu45", "spec20", "spec30", "specu20", "cpu200")
 REPORT = ("share20", "share80", "multigpu30", "multigpu50", "spec10", "spec25", "spec33",
           "specu25", "cpu50", "cpu250")
 POLICIES = ["FGD", "Ours"]

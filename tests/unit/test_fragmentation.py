@@ -38,12 +38,13 @@ def test_fits_counts_share_slots_whole_sets_cpu_and_models():
     assert fr.fits(Shape(0, 0), "T4", None, free) == 0
 
 
-def test_measure_is_the_free_milli_no_shape_can_use():
+def test_usable_is_the_milli_the_share_shapes_could_still_use():
     w = workload((HALF, 0.5), (EIGHT, 0.5))
-    # 8 GPUs free: everything usable by both shapes
-    assert 8000 - fr.usable(w, "G2", None, (1000,) * 8) == pytest.approx(0)
-    # 700 + 200 free: half-GPU pods use 500, the 8-GPU shape nothing
-    assert 900 - fr.usable(w, "G2", None, (700, 200)) == pytest.approx(900 - 0.5 * 500)
+    # 8 GPUs free: sixteen half-GPU pods; the 8-GPU shape is FGD's half's business
+    assert fr.usable(w, "G2", None, (1000,) * 8) == pytest.approx(0.5 * 500 * 16)
+    # 700 + 200 free: one half-GPU pod, its 200 remainder and the 200 GPU serve none
+    assert fr.usable(w, "G2", None, (700, 200)) == pytest.approx(0.5 * 500)
+    assert fr.usable(workload((EIGHT, 1.0)), "G2", None, (1000,) * 8) == 0
 
 
 def test_empty_workload_costs_only_the_request_everywhere_and_counts_all_free_milli():
@@ -60,10 +61,10 @@ def test_empty_workload_costs_only_the_request_everywhere_and_counts_all_free_mi
 def test_taking_a_gpu_from_an_idle_eight_gpu_node_costs_the_eight_gpu_shape():
     w = workload((ONE, 0.9), (EIGHT, 0.1))
     idle, busy = (1000,) * 8, (1000, 1000, 1000, 0, 0, 0, 0, 0)
-    # capacity: one 1-GPU slot (and on the idle node the 8-GPU slot); FGD: the 8-GPU shape that
-    # did not fit strands 100 less on the busy node, 700 more on the idle one; plus the request
-    assert loss(w, busy, 1, 1000) == pytest.approx(0.9 * 1000 + (-0.1 * 1000 + 1000))
-    assert loss(w, idle, 1, 1000) == pytest.approx(0.9 * 1000 + 0.1 * 8000 + (0.1 * 7000 + 1000))
+    # FGD's half: the 8-GPU shape that did not fit strands 100 less on the busy node, it no
+    # longer fits the idle one and strands 700 there; plus the request on both
+    assert loss(w, busy, 1, 1000) == pytest.approx(-0.1 * 1000 + 1000)
+    assert loss(w, idle, 1, 1000) == pytest.approx(0.1 * 7000 + 1000)
     assert fr.score(loss(w, busy, 1, 1000)) > fr.score(loss(w, idle, 1, 1000))
 
 
@@ -76,9 +77,11 @@ def test_a_share_that_uses_a_remainder_nobody_else_can_use_is_free():
 
 def test_cpu_starvation_counts():
     w = workload((Shape(1, 1000, cpu_milli=8000), 1.0))
-    # a CPU-only pod taking the CPU that two free GPUs needed loses both GPUs of capacity, and
-    # strands both for FGD
-    assert loss(w, (1000, 1000), 0, 0, cpu=16000, pod_cpu=16000) == pytest.approx(2000 + 2000)
+    # a CPU-only pod taking the CPU that two free GPUs needed strands both for FGD's half
+    assert loss(w, (1000, 1000), 0, 0, cpu=16000, pod_cpu=16000) == pytest.approx(2000)
+    # for a share shape also the two 500-milli slots the CPU left room for
+    share = workload((Shape(1, 500, cpu_milli=8000), 1.0))
+    assert loss(share, (1000, 1000), 0, 0, cpu=16000, pod_cpu=16000) == pytest.approx(2 * 500 + 2000)
     assert loss(w, (1000, 1000), 0, 0, cpu=40000, pod_cpu=16000) == 0
     assert fr.place(w, "T4", 1000, (1000,), 1, 1000, pod_cpu_milli=2000) is None
 
@@ -193,23 +196,24 @@ SUPPLY = fr.Supply({fr.NodeKind("T4", 4): 2, fr.NodeKind("G2", 8): 9})  # 8 T4s,
 
 
 def test_a_shape_weighs_its_popularity_per_gpu_it_may_use():
-    t4_only, any_model = Shape(1, 1000, models=frozenset({"T4"})), ONE
+    t4_only, any_model = Shape(2, 1000, models=frozenset({"T4"})), ONE
     w = fr.target_workload({t4_only: 100, any_model: 900}, supply=SUPPLY)
     weights = dict(zip((s for s, _ in w.shapes), w.weights))
     popularity = dict(w.shapes)
     # Per GPU it may use, the T4 shape weighs as the other (only 8 of the 80 GPUs are T4s) ...
     assert weights[t4_only] / weights[any_model] == pytest.approx(popularity[t4_only] * 10 / popularity[any_model])
     assert sum(weights.values()) == pytest.approx(1.0)  # ... and the weights sum to 1
-    # So an unconstrained pod keeps off the scarce T4 node: on it, it takes what T4 pods need.
-    idle_t4, idle_g2 = (1000,) * 4, (1000,) * 8
-    assert fr.place(w, "T4", None, idle_t4, 1, 1000).loss > fr.place(w, "G2", None, idle_g2, 1, 1000).loss
+    # So an unconstrained pod keeps off the scarce T4 node: the last pair of GPUs there is what
+    # a T4 pod needs (on the G2 node, where T4 pods never fit, it strands nothing new).
+    pair = (1000, 1000)
+    assert fr.place(w, "T4", None, pair, 1, 1000).loss > fr.place(w, "G2", None, pair, 1, 1000).loss
     # Without the supply the constrained shape weighs only its popularity: the T4 node costs
     # a fifth of a GPU more, not a whole one.
     plain = fr.target_workload({t4_only: 100, any_model: 900})
     assert plain.weights == ()
 
     def gap(workload: Workload) -> float:
-        return fr.place(workload, "T4", None, idle_t4, 1, 1000).loss - fr.place(workload, "G2", None, idle_g2, 1, 1000).loss
+        return fr.place(workload, "T4", None, pair, 1, 1000).loss - fr.place(workload, "G2", None, pair, 1, 1000).loss
 
     assert gap(plain) == pytest.approx(200) and gap(w) > 1000
 

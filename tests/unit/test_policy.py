@@ -261,8 +261,8 @@ def test_a_node_the_fragmentation_signal_cannot_measure_counts_twice_the_request
     nodes = [single, plain_node("whole", held=4)]
     d = {b.node: b for b in policy.evaluate(nodes, request(BATCH), {}, NOW, CONFIG, workload)}
     measured, counted = d["whole"].signals["fragmentation"], d["single"].signals["fragmentation"]
-    assert measured.score == pytest.approx(1 / 3)  # loss: 1 GPU of usable capacity + the request
-    assert counted.applicable and counted.score == pytest.approx(1 / 3)  # 2 r_q
+    assert measured.score == pytest.approx(1 / 2)  # loss: the request, nothing stranded
+    assert counted.applicable and counted.score == pytest.approx(1 / 3)  # 2 r_q: never better
     assert "no whole GPUs to fragment" in counted.reason
     assert not decide(nodes, request(BATCH))["single"].signals["fragmentation"].applicable
     assert not policy.evaluate(nodes, request(BATCH, gpus=0, mig={"1g.10gb": 1}), {}, NOW, CONFIG,
