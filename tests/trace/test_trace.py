@@ -145,6 +145,13 @@ def test_pod_that_fits_nowhere_fails_and_is_not_placed():
     result = run([Node("a", 64000, 1024, 4, "T4")], [pod("small"), big], BestFitPolicy(), 1)
     assert (result.placed, result.failed_latency_critical) == (1, 1)
     assert result.allocation[100] == pytest.approx(25.0)
+    assert result.failed_latency_critical_at_100 == 1  # its arrival reaches 100%
+
+
+def test_latency_critical_failures_are_also_counted_until_100_percent_arrived():
+    four, late = pod("four", num=4), pod("late")  # four fills the node: 100% arrived
+    result = run([Node("a", 64000, 1024, 4, "T4")], [four, late], BestFitPolicy(), 1)
+    assert (result.failed_latency_critical, result.failed_latency_critical_at_100) == (1, 0)
 
 
 def test_inflation_reaches_target_and_is_reproducible_per_seed():
