@@ -59,7 +59,7 @@ def run(nodes: list[Node], arrivals: list[Pod], policy: Policy, seed: int, *,
         policy.inference = inference
     curve = [0.0] * (MAX_ARRIVED_PCT + 1)
     next_pct, arrived, placed, failed_ls, failed_batch = 1, 0, 0, 0, 0
-    failed_ls_at_100: int | None = None
+    failed_ls_at_100 = 0
     for pod in arrivals:
         candidates = [Candidate(state, list(members)) for state, members in cluster.groups.items()
                       if state_fits(pod, state)]
@@ -83,9 +83,11 @@ def run(nodes: list[Node], arrivals: list[Pod], policy: Policy, seed: int, *,
             next_pct += 1
     for p in range(next_pct, MAX_ARRIVED_PCT + 1):
         curve[p] = 100 * cluster.allocated_gpu_milli / cap
+    if next_pct <= 100:  # the arrivals never reached 100%: like the curve, the end counts
+        failed_ls_at_100 = failed_ls
     tally = (inference.placed, inference.hits, inference.saved_seconds) if inference else ()
     return RunResult(policy.name, seed, curve, placed, failed_ls, failed_batch, *tally,
-                     failed_latency_critical_at_100=failed_ls if failed_ls_at_100 is None else failed_ls_at_100)
+                     failed_latency_critical_at_100=failed_ls_at_100)
 
 
 _shared: dict = {}

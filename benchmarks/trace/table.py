@@ -7,9 +7,9 @@ Builds the variant lists (`benchmarks/trace/variants.py`) from the first `--pods
 `--tune` variants with recipe seed 1, the `--report` variants with recipe seed 2, into `--work`
 (outside the repository). Every list given or built is replayed with FGD and Ours over the same
 seeds; the table shows allocation at 100% and 130% arrived, the gain of Ours over FGD, and the
-median latency-critical pods each failed until 100% arrived and over the whole run. Settings are chosen on the `tune` lists and the
-public ones; the `report` lists are for reporting only. Writes
-`benchmarks/results/trace_table.json` with the machine and the date.
+median latency-critical pods each failed until 100% arrived and over the whole run. Settings
+are chosen on the `tune` lists and the public ones; the `report` lists are for reporting only.
+Writes `benchmarks/results/trace_table.json` with the machine and the date.
 """
 
 from __future__ import annotations
