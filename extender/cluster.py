@@ -129,6 +129,7 @@ class ClusterView:
         """All nodes, from a (re-)list."""
         with self._lock:
             self._rebuild_all(self._set_nodes(nodes))
+            self._replan_groups()
             self._publish()
 
     def replace_pods(self, pods: Iterable[Obj]) -> None:
@@ -171,10 +172,13 @@ class ClusterView:
         with self._lock:
             old = self._raw_nodes.get(name)
             new = self._raw_nodes[name] = convert.slim_node(node, self.config.sharing.resource)
-            if old is None or old["metadata"]["labels"] != new["metadata"]["labels"]:
+            relabelled = old is None or old["metadata"]["labels"] != new["metadata"]["labels"]
+            if relabelled:
                 self._domains.clear()  # heartbeats change annotations, not domains
             self._bases.pop(name, None)
             self._rebuild(name)
+            if relabelled or old["status"] != new["status"]:
+                self._replan_groups()
             self._publish()
 
     def remove_node(self, name: str) -> None:
@@ -184,6 +188,7 @@ class ClusterView:
             self._bases.pop(name, None)
             self._actual.pop(name, None)
             self._rebuild(name)
+            self._replan_groups()
             self._publish()
 
     def upsert_pod(self, pod: Obj) -> None:
@@ -201,6 +206,12 @@ class ClusterView:
             for name in self._drop_pod(key):
                 self._rebuild(name)
             self._publish()
+
+    def _replan_groups(self) -> None:
+        """A node came, went, or changed its domain or GPUs: every group's holds are planned
+        again (at start-up the pods may be listed before the nodes they are held on)."""
+        for name in self._groups.open_groups():
+            self._replan_due.setdefault(name, False)
 
     def _publish(self) -> None:
         """Plan the holds of groups whose members moved, then publish the target workload if it

@@ -6,10 +6,11 @@ annotation carries its group's domain and hold deadline (`annotation`): a restar
 rebuilds each group, its members and its holds from the pods (`note_pod`).
 
 A group's size is the larger of its declared size and the pods of it the view holds. Its
-holds cover the members still to place; they are planned again whenever a member is placed or
-leaves, and released when the group is whole or when `hold_until` passes (each placement moves
-it to `groups.holdSeconds` from then). After release the domain still binds the group's later
-members (in required mode); only the room is no longer kept from other pods.
+holds cover the members still to place. They are planned again whenever a member is placed or
+leaves, or a node comes, goes or changes its labels or GPUs (at start-up the pods may be listed
+before the nodes). They are released when the group is whole or when `hold_until` passes (each
+placement moves it to `groups.holdSeconds` from then). After release the domain still binds the
+group's later members (in required mode); only the room is no longer kept from other pods.
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ class GroupBook:
     def groups_of_gangs(self, gangs: set[str]) -> list[str]:
         """The groups sized by these gangs (whose holds a new minCount changes)."""
         return [name for name, gang in self._gang_of.items() if gang in gangs and name in self.records]
+
+    def open_groups(self) -> list[str]:
+        """The groups whose room is still held (not released)."""
+        return [name for name, record in self.records.items() if not record.released]
 
     def missing(self, record: Record) -> int:
         return max(0, self.size(record.name, record.declared) - len(record.placed))

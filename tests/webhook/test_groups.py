@@ -146,6 +146,29 @@ def test_a_restarted_extender_finds_the_domain_and_the_holds_again_from_the_pods
     assert {restarted.clique_of(n) for n in rest} == {"b"}
 
 
+
+def test_a_restarted_extender_holds_the_room_again_when_its_pods_are_listed_before_its_nodes():
+    """The two lists race at start-up: holds planned while the view has no nodes yet must be
+    planned again when the nodes come, or the first batch pods take the group's room."""
+    group = lws_group("llm", 0, 5, 4)
+    cluster = Cluster(domains(SIZES), group)
+    for p in group[:2]:
+        cluster.schedule(p)
+    before = cluster.view.held_room()["infer/llm/llm-key-0"]
+    pods = [cluster.view.pod(f"uid-infer-{p['metadata']['name']}") for p in group]
+    view = ClusterView(PolicyConfig(), clock=lambda: cluster.time[0])
+    view.replace_pods(pods)
+    assert view.held_room() == {}  # nowhere to hold yet
+    view.replace_nodes(domains(SIZES))
+    assert {n: sorted(g) for n, g in view.held_room()["infer/llm/llm-key-0"].items()} == \
+        {n: sorted(g) for n, g in before.items()}
+    watched = ClusterView(PolicyConfig(), clock=lambda: cluster.time[0])
+    watched.replace_pods(pods)
+    for item in domains(SIZES):  # or one by one, as watch events
+        watched.upsert_node(item)
+    assert watched.held_room() == view.held_room()
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["group", "single", "delete"]), st.integers(1, 6), st.sampled_from([1, 2, 4])),
                 min_size=1, max_size=14))
