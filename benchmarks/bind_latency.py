@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from tests.e2e.conftest import ControlPlane, nvlink_node  # noqa: E402
 from tests.waiting import wait_for  # noqa: E402
 from tests.webhook.conftest import free_port  # noqa: E402
-from webhook_latency import machine, percentile  # noqa: E402
+from machine import machine  # noqa: E402
+from webhook_latency import percentile  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bind_latency.json"
 NAMESPACE = "bind"

@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from tests.e2e.conftest import ControlPlane, Extender, Scheduler, nvlink_node  # noqa: E402
 from podwatch import watch_pods  # noqa: E402
-from webhook_latency import machine, percentile  # noqa: E402
+from machine import machine  # noqa: E402
+from webhook_latency import percentile  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "churn.json"
 NAMESPACE = "churn"

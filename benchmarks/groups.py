@@ -68,7 +68,8 @@ from scoring.model import GpuNode, PodRequest, ScoreBreakdown, Usage, WorkloadCl
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from webhook_latency import machine, percentile  # noqa: E402
+from machine import machine  # noqa: E402
+from webhook_latency import percentile  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "groups.json"
 BLOCK = "cloud.google.com/gce-topology-block"

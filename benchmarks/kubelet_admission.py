@@ -43,7 +43,8 @@ from tests.e2e.conftest import MANIFESTS, Stack  # noqa: E402
 from tests.e2e.kubelet import KubeletNode  # noqa: E402
 from tests.node.fake_agent import AgentProcess  # noqa: E402
 from tests.node.standin_plugin import StandIn  # noqa: E402
-from webhook_latency import machine, percentile  # noqa: E402
+from machine import machine  # noqa: E402
+from webhook_latency import percentile  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "kubelet_admission.json"
 SHARE = "gpu-extender.io/gpu-milli"

@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from tests.e2e.conftest import ControlPlane, Extender, Scheduler, free_port, nvlink_node  # noqa: E402
 from tests.waiting import wait_for  # noqa: E402
 from podwatch import watch_pods  # noqa: E402
-from webhook_latency import machine  # noqa: E402
+from machine import machine  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scheduler_throughput.json"
 NAMESPACE = "bench"

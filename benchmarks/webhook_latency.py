@@ -24,7 +24,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -41,15 +40,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import synthetic  # noqa: E402
+from machine import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "webhook_latency.json"
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(), "host": platform.node()}
 
 
 def percentile(values: list[float], q: float) -> float:

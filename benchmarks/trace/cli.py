@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
 from statistics import median
 from pathlib import Path
 
+from ..machine import machine
 from .inference import read_latencies
 from .openb import TraceError, read_nodes, read_pods
 from .replay import MAX_ARRIVED_PCT, POLICIES, median_curves, replay
@@ -117,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
            "nodes": len(nodes), "pods": len(pods), "seeds": seeds, "order": a.order,
            "ties": a.ties, "inflation_ratio": a.ratio, "seconds": round(elapsed, 1),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                       "platform": platform.platform(), "processor": platform.processor()},
+           "machine": machine(),
            "results": table}
     results_path = a.results or RESULTS / f"trace_{a.pods.stem}.json"
     results_path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import mean, median
 
+from ..machine import machine
 from .cli import RESULTS
 from .openb import read_nodes, read_pods
 from .replay import median_curves, replay
@@ -86,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"benchmark": "trace_table", "nodes_csv": a.nodes.name, "seeds": seeds,
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "seconds": round(time.perf_counter() - start, 1),
-           "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                       "platform": platform.platform(), "cpu": _cpu_model()},
+           "machine": machine(),
            "mean_gain_100": round(mean(gains), 3), "rows": rows}
     a.results.parent.mkdir(parents=True, exist_ok=True)
     a.results.write_text(json.dumps(doc, indent=2) + "\n")
@@ -97,14 +95,6 @@ def main(argv: list[str] | None = None) -> int:
 def _more_lc(rows: list[dict], at: str) -> int:
     """On how many lists Ours failed more latency-critical pods than FGD (`at`: '_100' or '')."""
     return sum(r[f"failed_lc_ours{at}"] > r[f"failed_lc_fgd{at}"] for r in rows)
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (noisy machines: the figures are only comparable on one)."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else ():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":
