@@ -132,7 +132,11 @@ def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector
             started = time.perf_counter()
             try:
                 payload = await request.body()
-                body = await run_in_threadpool(handler, payload) if blocking else handler(payload)
+                if not view.synced:  # nodes listed but not yet their pods: every GPU would look free
+                    log.warning("%s: %s", verb, NOT_SYNCED)
+                    body = _failure(verb, f"gpu-extender: {NOT_SYNCED}")
+                else:
+                    body = await run_in_threadpool(handler, payload) if blocking else handler(payload)
             except (wire.WireError, convert.BadObject) as exc:
                 metrics.bad_requests.labels(verb).inc()
                 log.warning("%s: %s", verb, exc)
@@ -226,6 +230,10 @@ def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector
         return Response(wire.encode(doc), media_type=JSON)
 
     return app
+
+
+NOT_SYNCED = "cluster view not synced yet (listing nodes and pods): retry in a moment"
+"""Every verb's answer until both lists are in: kube-scheduler logs it and retries the pod."""
 
 
 def _failure(verb: str, message: str) -> bytes:
