@@ -388,7 +388,10 @@ class ClusterView:
                 written = None
             written = written.get("group") if isinstance(written, dict) else None
         if self._groups.note_pod(key, request.group, node, written, request):
-            self._replan_due[request.group.name] = True
+            # bind wrote the deadline it moved to (assumed pods carry it too); a listed pod that
+            # carries one brings it back, so only a member placed without one moves it now
+            name = request.group.name
+            self._replan_due[name] = self._replan_due.get(name, False) or (bool(node) and written is None)
 
     def _note_group_dropped(self, key: str) -> None:
         group, released = self._groups.drop_pod(key)

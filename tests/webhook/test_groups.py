@@ -169,6 +169,26 @@ def test_a_restarted_extender_holds_the_room_again_when_its_pods_are_listed_befo
     assert watched.held_room() == view.held_room()
 
 
+
+def test_a_restart_keeps_the_hold_s_written_deadline():
+    """The deadline is what bind wrote: a restart is no placement, so it must not move it (an
+    extender restarting every few minutes would otherwise hold the room for ever)."""
+    group = lws_group("llm", 0, 5, 4)
+    cluster = Cluster(domains(SIZES), group)
+    for p in group[:2]:
+        cluster.schedule(p)
+    hold = PolicyConfig().groups.hold_seconds
+    pods = [cluster.view.pod(f"uid-infer-{p['metadata']['name']}") for p in group]
+    restarted = Cluster(domains(SIZES), [])
+    restarted.time[0] = cluster.time[0] + hold / 2
+    restarted.view.replace_all(domains(SIZES), pods)
+    assert restarted.view.held_room()
+    restarted.time[0] = cluster.time[0] + hold + 1
+    restarted.view.expire_holds()
+    assert restarted.view.held_room() == {}
+    assert restarted.view.group_status("infer/llm/llm-key-0")["released"]
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["group", "single", "delete"]), st.integers(1, 6), st.sampled_from([1, 2, 4])),
                 min_size=1, max_size=14))
