@@ -66,7 +66,7 @@ class ClusterView:
         self._plain: dict[str, GpuNode] = {}  # name -> node without group holds
         self._groups = GroupBook(config.groups)
         self._group_keys = group_identity.keys_read(config.groups.identities)
-        self._replan_due: dict[str, bool] = {}  # group -> whether a member was just placed
+        self._replan_due: dict[str, bool] = {}  # group -> holds to plan again; True: move its deadline too
         self._domains: dict[Domain, frozenset[str]] = {}  # domain -> its nodes; cleared when nodes change
         self.hold_listeners: list[Callable[[Released, Obj | None], None]] = []  # (hold released, a pod of it)
         self._bases: dict[str, tuple[GpuNode, float]] = {}  # name -> (node without pods, agent data expiry)
@@ -172,12 +172,11 @@ class ClusterView:
         with self._lock:
             old = self._raw_nodes.get(name)
             new = self._raw_nodes[name] = convert.slim_node(node, self.config.sharing.resource)
-            relabelled = old is None or old["metadata"]["labels"] != new["metadata"]["labels"]
-            if relabelled:
+            if old is None or old["metadata"]["labels"] != new["metadata"]["labels"]:
                 self._domains.clear()  # heartbeats change annotations, not domains
             self._bases.pop(name, None)
             self._rebuild(name)
-            if relabelled or old["status"] != new["status"]:
+            if old is None or self._moves_holds(old, new):
                 self._replan_groups()
             self._publish()
 
@@ -207,15 +206,22 @@ class ClusterView:
                 self._rebuild(name)
             self._publish()
 
+    def _moves_holds(self, old: Obj, new: Obj) -> bool:
+        """Whether a node's change can move group holds: its domain labels or its GPU allocatable
+        (not every label: GPU feature discovery rewrites a timestamp label every minute)."""
+        before, after = old["metadata"]["labels"], new["metadata"]["labels"]
+        return old["status"] != new["status"] or any(
+            before.get(key) != after.get(key) for key in self.config.groups.levels)
+
     def _replan_groups(self) -> None:
-        """A node came, went, or changed its domain or GPUs: every group's holds are planned
-        again (at start-up the pods may be listed before the nodes they are held on)."""
+        """A node came, went, or changed its domain labels or GPU allocatable: every open group's
+        holds are planned again (at start-up the pods may be listed before their nodes)."""
         for name in self._groups.open_groups():
             self._replan_due.setdefault(name, False)
 
     def _publish(self) -> None:
-        """Plan the holds of groups whose members moved, then publish the target workload if it
-        moved, with the supply of the nodes as built now."""
+        """Plan the holds of the groups due (members moved, or nodes did), then publish the
+        target workload if it moved, with the supply of the nodes as built now."""
         while self._replan_due:
             name, placed = self._replan_due.popitem()
             for node in self._groups.replan(name, self._group_nodes, self.now(), placed):

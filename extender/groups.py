@@ -7,8 +7,8 @@ rebuilds each group, its members and its holds from the pods (`note_pod`).
 
 A group's size is the larger of its declared size and the pods of it the view holds. Its
 holds cover the members still to place. They are planned again whenever a member is placed or
-leaves, or a node comes, goes or changes its labels or GPUs (at start-up the pods may be listed
-before the nodes). They are released when the group is whole or when `hold_until` passes (each
+leaves, or a node comes, goes or changes its domain labels or GPU allocatable (at start-up the
+pods may be listed before the nodes). They are released when the group is whole or when `hold_until` passes (each
 placement moves it to `groups.holdSeconds` from then). After release the domain still binds the
 group's later members (in required mode); only the room is no longer kept from other pods.
 """
@@ -126,7 +126,7 @@ class GroupBook:
         return [name for name, gang in self._gang_of.items() if gang in gangs and name in self.records]
 
     def open_groups(self) -> list[str]:
-        """The groups whose room is still held (not released)."""
+        """The groups whose hold was not released (a whole group's holds nothing)."""
         return [name for name, record in self.records.items() if not record.released]
 
     def missing(self, record: Record) -> int:

@@ -29,8 +29,8 @@ def test_the_scheduler_suite_passes_on(release):
 
 
 def _failures(out: str) -> str:
-    """The inner run's tracebacks, then its end: the log tails it prints after them are long
-    enough to push an assertion out of a plain tail."""
-    start = out.find("= FAILURES =")
-    head = out[start:start + 8000] + "\n[...]\n" if start >= 0 else ""
+    """The inner run's errors and tracebacks, then its end: the log tails it prints after them
+    are long enough to push an assertion out of a plain tail."""
+    found = [i for i in (out.find("= ERRORS ="), out.find("= FAILURES =")) if i >= 0]
+    head = out[min(found):min(found) + 8000] + "\n[...]\n" if found else ""
     return head + out[-3000:]

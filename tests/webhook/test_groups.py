@@ -146,7 +146,6 @@ def test_a_restarted_extender_finds_the_domain_and_the_holds_again_from_the_pods
     assert {restarted.clique_of(n) for n in rest} == {"b"}
 
 
-
 def test_a_restarted_extender_holds_the_room_again_when_its_pods_are_listed_before_its_nodes():
     """The two lists race at start-up: holds planned while the view has no nodes yet must be
     planned again when the nodes come, or the first batch pods take the group's room."""
@@ -168,6 +167,27 @@ def test_a_restarted_extender_holds_the_room_again_when_its_pods_are_listed_befo
         watched.upsert_node(item)
     assert watched.held_room() == view.held_room()
 
+
+def test_holds_leave_a_node_that_leaves_the_domain_and_ignore_other_label_changes(monkeypatch):
+    group = lws_group("llm", 0, 5, 4)
+    cluster = Cluster(domains(SIZES), group)
+    for p in group[:2]:
+        cluster.schedule(p)
+    held = cluster.view.held_room()["infer/llm/llm-key-0"]
+    moved = next(n for n in cluster.nodes if n["metadata"]["name"] in held)
+    planned = []
+    book = cluster.view._groups
+    monkeypatch.setattr(book, "replan", lambda *a, _o=book.replan: planned.append(a[0]) or _o(*a))
+    stamped = json.loads(json.dumps(moved))
+    stamped["metadata"]["labels"]["nvidia.com/gfd.timestamp"] = "1733400000"  # GFD rewrites it every minute
+    cluster.view.upsert_node(stamped)
+    assert planned == []
+    relabelled = json.loads(json.dumps(stamped))  # each watch event is a new object
+    relabelled["metadata"]["labels"][CLIQUE] = "elsewhere"
+    cluster.view.upsert_node(relabelled)
+    assert planned == ["infer/llm/llm-key-0"]
+    after = cluster.view.held_room()["infer/llm/llm-key-0"]
+    assert moved["metadata"]["name"] not in after and len(after) == len(held)
 
 
 def test_a_restart_keeps_the_hold_s_written_deadline():

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 
-import yaml
 from fastapi.testclient import TestClient
 
 from extender import snapshot
