@@ -66,6 +66,11 @@ class Metrics:
             "gpu_extender_bad_requests_total", "Requests that could not be understood, by verb.", ["verb"],
             registry=self.registry,
         )
+        self.unsynced = Counter(
+            "gpu_extender_unsynced_answers_total",
+            "Requests answered with an error because the cluster view had not synced yet, by verb.", ["verb"],
+            registry=self.registry,
+        )
         assumed = Gauge("gpu_extender_assumed_plans", "Plans assumed at bind, not yet seen bound.",
                         registry=self.registry)
         assumed.set_function(view.assumed_count)
@@ -133,6 +138,7 @@ def create_app(view: ClusterView, binder: Binder, collectors: Iterable[Collector
             try:
                 payload = await request.body()
                 if not view.synced:  # nodes listed but not yet their pods: every GPU would look free
+                    metrics.unsynced.labels(verb).inc()
                     log.warning("%s: %s", verb, NOT_SYNCED)
                     body = _failure(verb, f"gpu-extender: {NOT_SYNCED}")
                 else:

@@ -35,6 +35,9 @@ def test_every_verb_waits_for_the_pod_list_then_answers():
     assert client.post("/preempt", json={"Pod": pod, "NodeNameToVictims": {}, "NodeNameToMetaVictims": {}}
                        ).json()["NodeNameToMetaVictims"] in (None, {})
     assert client.get("/readyz").status_code == 503
+    told = client.get("/metrics").text
+    assert all(f'gpu_extender_unsynced_answers_total{{verb="{verb}"}} 1.0' in told
+               for verb in ("filter", "prioritize", "bind", "preempt")), told
     assert binder.bound == []
 
     view.replace_pods(pods)
