@@ -182,12 +182,13 @@ class ClusterView:
 
     def remove_node(self, name: str) -> None:
         with self._lock:
-            self._raw_nodes.pop(name, None)
+            known = self._raw_nodes.pop(name, None) is not None
             self._domains.clear()
             self._bases.pop(name, None)
             self._actual.pop(name, None)
             self._rebuild(name)
-            self._replan_groups()
+            if known:  # a node the view never had held nothing
+                self._replan_groups()
             self._publish()
 
     def upsert_pod(self, pod: Obj) -> None:

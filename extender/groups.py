@@ -8,9 +8,10 @@ rebuilds each group, its members and its holds from the pods (`note_pod`).
 A group's size is the larger of its declared size and the pods of it the view holds. Its
 holds cover the members still to place. They are planned again whenever a member is placed or
 leaves, or a node comes, goes or changes its domain labels or GPU allocatable (at start-up the
-pods may be listed before the nodes). They are released when the group is whole or when `hold_until` passes (each
-placement moves it to `groups.holdSeconds` from then). After release the domain still binds the
-group's later members (in required mode); only the room is no longer kept from other pods.
+pods may be listed before the nodes). They are released when the group is whole or when
+`hold_until` passes (each placement moves it to `groups.holdSeconds` from then). After release
+the domain still binds the group's later members (in required mode); only the room is no longer
+kept from other pods.
 """
 
 from __future__ import annotations
