@@ -172,11 +172,12 @@ class ClusterView:
         with self._lock:
             old = self._raw_nodes.get(name)
             new = self._raw_nodes[name] = convert.slim_node(node, self.config.sharing.resource)
-            if old is None or old["metadata"]["labels"] != new["metadata"]["labels"]:
-                self._domains.clear()  # heartbeats change annotations, not domains
+            relevelled = old is None or self._relevelled(old, new)
+            if relevelled:
+                self._domains.clear()
             self._bases.pop(name, None)
             self._rebuild(name)
-            if old is None or self._moves_holds(old, new):
+            if relevelled or old["status"] != new["status"]:  # its domain or its GPUs: holds may move
                 self._replan_groups()
             self._publish()
 
@@ -207,12 +208,13 @@ class ClusterView:
                 self._rebuild(name)
             self._publish()
 
-    def _moves_holds(self, old: Obj, new: Obj) -> bool:
-        """Whether a node's change can move group holds: its domain labels or its GPU allocatable
-        (not every label: GPU feature discovery rewrites a timestamp label every minute)."""
+    def _relevelled(self, old: Obj, new: Obj) -> bool:
+        """Whether a node's domain labels changed, the only labels domains read: the topology
+        levels, and the keys of domains in use (a group bound under an earlier levels setting).
+        Not every label: GPU feature discovery rewrites a timestamp label every minute."""
         before, after = old["metadata"]["labels"], new["metadata"]["labels"]
-        return old["status"] != new["status"] or any(
-            before.get(key) != after.get(key) for key in self.config.groups.levels)
+        keys = {*self.config.groups.levels, *(d.key for d in self._domains), *self._groups.domain_keys()}
+        return any(before.get(key) != after.get(key) for key in keys)
 
     def _replan_groups(self) -> None:
         """A node came, went, or changed its domain labels or GPU allocatable: every open group's

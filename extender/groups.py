@@ -126,6 +126,10 @@ class GroupBook:
         """The groups sized by these gangs (whose holds a new minCount changes)."""
         return [name for name, gang in self._gang_of.items() if gang in gangs and name in self.records]
 
+    def domain_keys(self) -> set[str]:
+        """The label keys of the groups' domains."""
+        return {record.domain.key for record in self.records.values()}
+
     def open_groups(self) -> list[str]:
         """The groups whose hold was not released (a whole group's holds nothing)."""
         return [name for name, record in self.records.items() if not record.released]
