@@ -6,17 +6,23 @@ k_m GPUs of g_m milli each (a share of one GPU when g_m < 1000), c_m milli-CPU, 
 S_m it may run on (empty: any), with popularity p_m (sum 1). Each shape weighs
 
     w_m = p_m * (G / G(m)) / W     G: the cluster's GPUs; G(m): the GPUs of the nodes whose
-                                   model is in S_m and whose CPU is at least c_m; W: the sum
-                                   of p_m G / G(m), so that the w_m sum to 1 as the p_m do
+                                   model is in S_m; W: the sum of p_m G / G(m), so that the
+                                   w_m sum to 1 as the p_m do
 
 so a shape that may use only a few of the cluster's GPUs weighs as much per GPU it may use as
 any other does per GPU it may use: a node's free capacity is worth what the pods that can run
-there can use, and the nodes only some pods can use (a scarce GPU model, the only nodes with
-CPU enough for 8-GPU pods of 120 cores) are kept for them. With the supply unknown w_m = p_m.
+there can use, and the nodes of a scarce GPU model are kept for the pods that name it. With the
+supply unknown w_m = p_m.
 (Summing to 1 keeps each half of the loss below non-negative: unnormalised, a shape of a
 model with two GPUs in the cluster weighed thousands and every node's loss went to 0.) A
 node's GPU count is left out of G(m): fits_m already counts how many m-pods a node can take,
-and weighing multi-GPU shapes up by it cost 0.3 point on the default openb list.
+and weighing multi-GPU shapes up by it cost 0.3 point on the default openb list. So is its
+CPU, for the same reason: fits_m counts a node's CPU, so the few nodes with CPU enough for a
+big pod are kept for it in FGD's half. Weighed up by CPU as well, the 8-GPU pods of 120 cores
+that only openb's 39 G3 nodes can hold got 17 times their popularity, and one-GPU pods failed
+elsewhere while those nodes were kept: on the multi-GPU lists 1.5 to 2.4 times as many
+latency-critical pods failed as without it, more than under FGD (benchmarks/README.md). The
+extender knows no node CPU, so this is its G(m) too.
 With the cluster's supply known, the
 target workload also leaves out shapes no node could hold and adds a fading prior for pods of
 a whole largest node (`target_workload`, `PRIOR_PODS`). A node n offers free milli
@@ -115,10 +121,13 @@ class NodeKind:
     gpus: int
     cpu_milli: int | None = None
 
+    def serves(self, shape: Shape) -> bool:
+        """Whether the node has GPUs of a model `shape` may use (what G(m) counts)."""
+        return bool(self.gpus) and (not shape.models or self.model in shape.models)
+
     def suits(self, shape: Shape) -> bool:
         """Whether the node's model and CPU suit a pod of `shape` (its GPU count aside)."""
-        return (bool(self.gpus) and (not shape.models or self.model in shape.models)
-                and (self.cpu_milli is None or self.cpu_milli >= shape.cpu_milli))
+        return self.serves(shape) and (self.cpu_milli is None or self.cpu_milli >= shape.cpu_milli)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +137,8 @@ class Supply:
     nodes: Mapping[NodeKind, int]
 
     def gpus(self, shape: Shape | None = None) -> int:
-        """G(m): the GPUs of the nodes whose model and CPU suit `shape` (None: all GPUs)."""
-        return sum(kind.gpus * n for kind, n in self.nodes.items() if shape is None or kind.suits(shape))
+        """G(m): the GPUs of the nodes whose model `shape` may use (None: all GPUs)."""
+        return sum(kind.gpus * n for kind, n in self.nodes.items() if shape is None or kind.serves(shape))
 
     def holds(self, shape: Shape) -> bool:
         """Whether some node could hold a pod of `shape` when empty."""

@@ -6,8 +6,8 @@ each of the sharing resource), free CPU in `cpu_free_milli`. Each pod becomes a 
 `LS` pods latency-critical, every other QoS batch; `num_gpu` whole GPUs or a `gpu_milli` share;
 its CPU request. The target workload is the pod list's shape counts (the information FGD gets
 too), as the extender would count the shapes of the GPU pods in its cluster view, weighted by
-the GPUs of the nodes that could hold each shape (model, GPU count, CPU), as the extender
-counts its nodes (model and GPU count: it knows no CPU).
+the GPUs of the models each shape may use, as the extender weighs them; the nodes' CPU only
+leaves out the shapes no node could hold (the extender knows no node CPU).
 `scoring.policy.score_node` scores every candidate state once per pod shape (memoised); the
 highest total wins, ties to the first node in the seeded node order (as for the baselines). The
 plan's GPU share names the GPU; whole GPUs are the first free ones by index (openb has no NVLink

@@ -241,17 +241,21 @@ def test_the_prior_keeps_large_pods_in_a_young_workload_and_fades_as_pods_are_co
     assert fr.target_workload({ONE: 50}).shapes == ((ONE, 1.0),)  # no supply, no prior
 
 
-def test_nodes_only_some_shapes_can_use_are_kept_for_them():
-    """CPU and GPU count constrain like a GPU model: 8-GPU pods of 120 cores fit only the few
-    128-core nodes, and other pods keep off those while 96-core nodes will do."""
+def test_nodes_only_some_shapes_fit_by_cpu_are_kept_for_them_by_fit_not_by_weight():
+    """8-GPU pods of 120 cores fit only the few 128-core nodes: FGD's half keeps those for them
+    (an idle G3 node loses its slot for the big pod), but the shape is not weighed up for it:
+    G(m) counts GPU models only, so the big pods' few nodes do not crowd out everyone else."""
     supply = fr.Supply({fr.NodeKind("G2", 8, 96_000): 50, fr.NodeKind("G3", 8, 128_000): 5})
     big, one = Shape(8, 1000, 120_000), Shape(1, 1000, 8_000)
-    assert supply.gpus(big) == 40 and supply.gpus(one) == 440 and not supply.holds(Shape(16, 1000))
+    assert supply.gpus(big) == supply.gpus(one) == 440
+    assert supply.holds(big) and not supply.holds(Shape(8, 1000, 130_000)) and not supply.holds(Shape(16, 1000))
     w = fr.target_workload({one: 95, big: 5}, supply=supply)
     weights = dict(zip((s for s, _ in w.shapes), w.weights))
-    assert weights[big] / weights[one] == pytest.approx(5 * 440 / 40 / 95)
+    assert weights[big] / weights[one] == pytest.approx(5 / 95)
     idle = (1000,) * 8
     on_g3 = fr.place(w, "G3", 128_000, idle, 1, 1000, 8_000).loss
     on_g2 = fr.place(w, "G2", 96_000, idle, 1, 1000, 8_000).loss
-    assert on_g3 > on_g2 + 1000  # a GPU's worth more to lose on the only nodes the big pods fit
+    # On G3 the big pod's slot goes (7 GPUs stranded for it); on G2 it never had one (one GPU
+    # fewer of its stranded 8): 8 GPUs of its weight apart, and G2 wins.
+    assert on_g3 - on_g2 == pytest.approx(8 * 1000 * weights[big])
 
